@@ -1,0 +1,104 @@
+"""Named fault points and injection plans.
+
+A fault point is a place where the modelled kernel can fail.  Kernel code
+calls :meth:`FaultInjector.hit` at the point; with no plan it only records
+that the point was reached (and how often), with a plan it returns the
+planned effect for that occurrence.  Effects are an errno name
+(``"ENOMEM"``) or ``"corrupt:<how>"``; each point declares which it accepts.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections import Counter
+from dataclasses import dataclass, field
+
+from luosim.errors import KernelError, errno_value
+
+
+@dataclass(frozen=True)
+class FaultPoint:
+    name: str
+    effects: tuple[str, ...]
+    doc: str
+
+
+@dataclass(frozen=True, order=True)
+class Fault:
+    """Inject ``effect`` at the ``occurrence``-th time (1-based) ``point`` is hit."""
+
+    point: str
+    occurrence: int
+    effect: str
+
+    def label(self) -> str:
+        return f"{self.point}#{self.occurrence}={self.effect}"
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        """``"pci.flb.retrieve#1=ENOMEM"`` -> Fault (ValueError on bad text)."""
+        try:
+            left, effect = text.split("=", 1)
+            point, _, occ = left.partition("#")
+            fault = cls(point.strip(), int(occ) if occ else 1, effect.strip())
+        except ValueError:
+            raise ValueError(f"bad fault {text!r}: expected POINT[#N]=EFFECT") from None
+        fault.validate()
+        return fault
+
+    def validate(self) -> None:
+        fp = REGISTRY.get(self.point)
+        if fp is None:
+            raise ValueError(f"unknown fault point {self.point!r}")
+        if self.effect not in fp.effects:
+            raise ValueError(f"fault point {self.point!r} does not accept effect {self.effect!r}"
+                             f" (accepts {', '.join(fp.effects)})")
+        if self.occurrence < 1:
+            raise ValueError(f"fault occurrence must be >= 1, got {self.occurrence}")
+
+
+REGISTRY: dict[str, FaultPoint] = {}
+
+
+def point(name: str, effects: tuple[str, ...] | list[str], doc: str) -> str:
+    """Declare a fault point (idempotent for identical declarations)."""
+    fp = FaultPoint(name, tuple(effects), doc)
+    old = REGISTRY.get(name)
+    if old is not None and old != fp:
+        raise ValueError(f"fault point {name!r} declared twice with different effects")
+    REGISTRY[name] = fp
+    return name
+
+
+@dataclass
+class FaultInjector:
+    """Shared by every kernel booted on one machine: occurrences span kexecs."""
+
+    plan: tuple[Fault, ...] = ()
+    reached: Counter[str] = field(default_factory=Counter)
+    fired: list[tuple[Fault, str]] = field(default_factory=list)
+
+    def hit(self, name: str, context: str = "") -> str | None:
+        """Record a pass through ``name``; return the planned effect, if any."""
+        if name not in REGISTRY:
+            raise KeyError(f"undeclared fault point {name!r}")
+        self.reached[name] += 1
+        n = self.reached[name]
+        for f in self.plan:
+            if f.point == name and f.occurrence == n:
+                self.fired.append((f, context))
+                return f.effect
+        return None
+
+    def check(self, name: str, context: str = "") -> str | None:
+        """Like :meth:`hit`, but raise ``KernelError`` for an errno effect.
+
+        Returns a ``corrupt:*`` effect for the caller to apply, else None.
+        """
+        effect = self.hit(name, context)
+        if effect is None or effect.startswith("corrupt:"):
+            return effect
+        raise KernelError(errno_value(effect), f"injected at {name}")
+
+
+ERRNO_NAMES = frozenset(_errno.errorcode.values())

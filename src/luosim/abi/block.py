@@ -1,0 +1,210 @@
+"""KHO block-set ABI (``kho-block-v1``) and the small codec helpers every ABI module shares.
+
+Models ``struct kho_block_header_ser`` from include/linux/kho/abi/block.h and the
+chain walk of kernel/liveupdate/kho_block.c (spec luo.md §5.2, pci.md §3.2):
+a block is one preserved page (``KHO_BLOCK_SIZE`` = ``PAGE_SIZE`` = 4096)
+that starts with a 16-byte header ``{u64 next; u64 count}`` followed by
+``count`` fixed-size entries; ``next`` is the physical address of the next
+block header, 0 at the end of the chain.
+
+Incoming rules (spec luo.md §5.2): a block with ``count == 0`` or ``count``
+above the per-block capacity is invalid; a cyclic chain or a chain longer than
+``KHO_BLOCK_MAX`` blocks is invalid.  All of them are ``-EINVAL`` in the
+kernel; here they raise :class:`DecodeError`.
+
+The helpers :func:`check_uint`, :func:`check_int` and :func:`unpack_fields`
+live here (rather than in a private module) so that each ABI module stays one
+file per kernel header; they carry no block semantics.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from luosim.abi.errors import DecodeError, need
+
+KHO_BLOCK_COMPATIBLE = "kho-block-v1"
+KHO_BLOCK_SIZE = 4096
+#: Longest chain a reader accepts (spec luo.md §5.2: 10000 blocks; pci.md §3.2
+#: calls the value UNCONFIRMED for the PCI series, the same code is used).
+KHO_BLOCK_MAX = 10000
+
+FieldSpec = tuple[str, int, int]
+"""``(field name, offset inside the struct, size)``."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def check_uint(field: str, value: int, bits: int) -> int:
+    """Return ``value`` if it fits an unsigned ``bits``-bit field, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: {value!r} is not an integer")
+    if value < 0 or value >> bits:
+        raise ValueError(f"{field}: {value:#x} does not fit in u{bits}")
+    return value
+
+
+def check_int(field: str, value: int, bits: int) -> int:
+    """Return ``value`` if it fits a signed two's-complement ``bits``-bit field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: {value!r} is not an integer")
+    lim = 1 << (bits - 1)
+    if not -lim <= value < lim:
+        raise ValueError(f"{field}: {value} does not fit in s{bits}")
+    return value
+
+
+def unpack_fields(what: str, st: struct.Struct, buf: bytes, offset: int,
+                  fields: Sequence[FieldSpec], struct_name: str) -> tuple[Any, ...]:
+    """``st.unpack_from(buf, offset)``, raising ``truncated`` naming the first missing field."""
+    if offset < 0 or offset + st.size > len(buf):
+        for name, foff, fsize in fields:
+            need(what, buf, offset + foff, fsize, f"{struct_name}.{name}")
+        need(what, buf, offset, st.size, struct_name)
+    return st.unpack_from(buf, offset)
+
+
+# --------------------------------------------------------------------------- header
+
+
+@dataclass(frozen=True)
+class KhoBlockHeaderSer:
+    """Models ``struct kho_block_header_ser`` from include/linux/kho/abi/block.h.
+
+    Packed, 16 bytes: ``next`` u64 @0 (phys of the next block header, 0 = end),
+    ``count`` u64 @8 (entries that follow this header in the block).
+    """
+
+    next: int
+    count: int
+
+    SIZE: ClassVar[int] = 16
+    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
+    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("next", 0, 8), ("count", 8, 8))
+
+    def encode(self) -> bytes:
+        return self._ST.pack(check_uint("kho_block_header_ser.next", self.next, 64),
+                             check_uint("kho_block_header_ser.count", self.count, 64))
+
+    @classmethod
+    def decode(cls, buf: bytes, offset: int = 0, what: str = "kho block") -> Self:
+        nxt, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
+                                   "kho_block_header_ser")
+        return cls(next=nxt, count=count)
+
+
+assert struct.calcsize("<QQ") == KhoBlockHeaderSer.SIZE
+
+
+def block_capacity(entry_size: int) -> int:
+    """Entries per block: ``(KHO_BLOCK_SIZE - 16) // entry_size`` (51 sessions, 63 files)."""
+    if entry_size <= 0:
+        raise ValueError(f"entry_size {entry_size} must be positive")
+    return (KHO_BLOCK_SIZE - KhoBlockHeaderSer.SIZE) // entry_size
+
+
+def encode_block(entries_bytes: Sequence[bytes], entry_size: int, next_pa: int) -> bytes:
+    """One 4096-byte block: header ``{next_pa, len(entries)}``, the entries, zero fill.
+
+    An empty block is encodable (an outgoing set can hold one transiently);
+    readers reject it.  ``ValueError`` if an entry has the wrong size or the
+    block would overflow.
+    """
+    cap = block_capacity(entry_size)
+    if len(entries_bytes) > cap:
+        raise ValueError(f"{len(entries_bytes)} entries exceed the block capacity {cap}")
+    for i, e in enumerate(entries_bytes):
+        if len(e) != entry_size:
+            raise ValueError(f"entry {i} is {len(e)} bytes, expected {entry_size}")
+    out = KhoBlockHeaderSer(next_pa, len(entries_bytes)).encode() + b"".join(entries_bytes)
+    return out.ljust(KHO_BLOCK_SIZE, b"\0")
+
+
+def decode_block(buf: bytes, entry_size: int, what: str,
+                 base: int = 0) -> tuple[int, list[bytes]]:
+    """Decode one block: ``(next, [entry bytes, ...])``.
+
+    ``base`` is only used in error offsets (e.g. the block's physical address).
+    Raises ``DecodeError``: ``truncated`` if ``buf`` is shorter than the header
+    plus ``count`` entries, ``bad-value`` for count 0 or count > capacity.
+    """
+    cap = block_capacity(entry_size)
+    try:
+        hdr = KhoBlockHeaderSer.decode(buf, 0, what)
+    except DecodeError as exc:
+        raise DecodeError(what, base + exc.offset, exc.field, exc.reason, exc.kind) from None
+    if hdr.count == 0:
+        raise DecodeError(what, base + 8, "kho_block_header_ser.count", "empty block (count 0)")
+    if hdr.count > cap:
+        raise DecodeError(what, base + 8, "kho_block_header_ser.count",
+                          f"count {hdr.count} exceeds block capacity {cap}")
+    start = KhoBlockHeaderSer.SIZE
+    if start + hdr.count * entry_size > len(buf):
+        raise DecodeError(what, base + start, "entries",
+                          f"{hdr.count} entries of {entry_size} bytes do not fit in "
+                          f"{len(buf)} bytes", kind="truncated")
+    entries = [bytes(buf[start + i * entry_size:start + (i + 1) * entry_size])
+               for i in range(hdr.count)]
+    return hdr.next, entries
+
+
+def walk_chain(read_page: Callable[[int], bytes], head_pa: int, entry_size: int, what: str,
+               max_blocks: int = KHO_BLOCK_MAX) -> list[bytes]:
+    """Follow a block chain from ``head_pa`` and return every entry in chain order.
+
+    ``head_pa == 0`` is an empty set.  ``read_page(pa)`` returns the 4096
+    bytes at physical address ``pa``; any exception it raises (missing or
+    unreadable memory) becomes ``DecodeError(kind="bad-pointer")``.  A block
+    address that is not page aligned is ``bad-pointer``; revisiting a block is
+    ``cycle``; more than ``max_blocks`` blocks is ``bad-value``.
+    """
+    entries: list[bytes] = []
+    seen: set[int] = set()
+    pa = head_pa
+    prev_field_off = 0  # where the pointer that led here was read from (for messages)
+    while pa:
+        if pa % KHO_BLOCK_SIZE:
+            raise DecodeError(what, prev_field_off, "kho_block_header_ser.next",
+                              f"block address {pa:#x} is not page aligned", kind="bad-pointer")
+        if pa in seen:
+            raise DecodeError(what, pa, "kho_block_header_ser.next",
+                              f"cycle: block {pa:#x} visited twice", kind="cycle")
+        if len(seen) >= max_blocks:
+            raise DecodeError(what, pa, "kho_block_header_ser.next",
+                              f"chain longer than {max_blocks} blocks")
+        seen.add(pa)
+        try:
+            page = read_page(pa)
+        except Exception as exc:  # memory model errors → typed decode error
+            raise DecodeError(what, pa, "kho_block_header_ser.next",
+                              f"cannot read block at {pa:#x}: {exc!r}",
+                              kind="bad-pointer") from exc
+        nxt, block_entries = decode_block(page, entry_size, what, base=pa)
+        entries.extend(block_entries)
+        prev_field_off = pa
+        pa = nxt
+    return entries
+
+
+def encode_chain(entries_bytes: Sequence[bytes], entry_size: int,
+                 block_pas: Sequence[int]) -> list[bytes]:
+    """Lay ``entries_bytes`` out over blocks at ``block_pas`` (one page each, linked in order).
+
+    Returns the page images; block ``i`` holds entries
+    ``[i*cap, (i+1)*cap)``.  ``ValueError`` unless exactly
+    ``ceil(len / cap)`` addresses are given.
+    """
+    cap = block_capacity(entry_size)
+    nblocks = -(-len(entries_bytes) // cap)
+    if len(block_pas) != nblocks:
+        raise ValueError(f"{len(entries_bytes)} entries need {nblocks} blocks, "
+                         f"got {len(block_pas)} addresses")
+    pages = []
+    for i, _pa in enumerate(block_pas):
+        nxt = block_pas[i + 1] if i + 1 < len(block_pas) else 0
+        pages.append(encode_block(entries_bytes[i * cap:(i + 1) * cap], entry_size, nxt))
+    return pages
