@@ -1,0 +1,238 @@
+"""PCI FLB ABI for the three series profiles (spec pci.md §3).
+
+Models include/linux/kho/abi/pci.h as posted in the PCI live-update series:
+
+* **v6** (``pci-v1`` → ``pci-v2`` → ``pci-v3``): ``struct pci_ser`` is an
+  8-byte header ``{u32 max_nr_devices; u32 nr_devices}`` followed by a fixed
+  array of ``max_nr_devices`` 8-byte ``struct pci_dev_ser`` slots (holes have
+  refcount 0; not sorted).
+* **v7** (``pci-v1`` → ``pci-v2``): 12-byte packed ``{u32 nr_devices; u64
+  devices}``; ``devices`` is the head of a KHO block chain of ``pci_dev_ser``
+  (510 per block, see :mod:`luosim.abi.block`).
+* **v9** (``pci`` + ``version`` 1): 16-byte ``{u32 version; u32 nr_devices;
+  u64 devices}``.
+
+The FLB record's ``data`` is the physical address of ``struct pci_ser``.
+The same compatible string names different layouts in v6 and v7 (``pci-v1``,
+``pci-v2``): a profile must pick the codec by its own version, never by the
+string alone.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from luosim.abi.block import FieldSpec, block_capacity, check_uint, unpack_fields
+from luosim.abi.errors import DecodeError
+
+PCI_V6_COMPATIBLES = ("pci-v1", "pci-v2", "pci-v3")
+PCI_V6_COMPATIBLE = "pci-v3"  # after patch 6/12 (bridges auto-preserved)
+PCI_V7_COMPATIBLES = ("pci-v1", "pci-v2")
+PCI_V7_COMPATIBLE = "pci-v2"  # after the bridge patch
+PCI_V9_COMPATIBLE = "pci"
+PCI_V9_VERSION = 1
+
+#: ``pci_dev_ser`` entries per 4 KiB KHO block: (4096 - 16) // 8.
+PCI_DEVS_PER_BLOCK = 510
+
+
+def _u(field: str, value: int, bits: int) -> int:
+    check_uint(field, value, bits)
+    return value
+
+
+# ----------------------------------------------------------------- identity helpers
+
+
+def bdf(bus: int, dev: int, fn: int) -> int:
+    """``PCI_DEVID``-style 16-bit id: ``bus << 8 | dev << 3 | fn``."""
+    _u("bus", bus, 8)
+    _u("device", dev, 5)
+    _u("function", fn, 3)
+    return bus << 8 | dev << 3 | fn
+
+
+def split_bdf(value: int) -> tuple[int, int, int]:
+    """Inverse of :func:`bdf`: ``(bus, device, function)``."""
+    _u("bdf", value, 16)
+    return value >> 8, (value >> 3) & 0x1F, value & 0x7
+
+
+def key(domain: int, bdf_: int) -> int:
+    """Incoming lookup key ``(unsigned long)domain << 16 | bdf`` (64-bit kernels only)."""
+    return _u("domain", domain, 32) << 16 | _u("bdf", bdf_, 16)
+
+
+def fmt_bdf(domain: int, bdf_: int) -> str:
+    """``"0000:03:00.0"`` (``pci_name()`` format)."""
+    bus, dev, fn = split_bdf(bdf_)
+    _u("domain", domain, 32)
+    return f"{domain:04x}:{bus:02x}:{dev:02x}.{fn:x}"
+
+
+_BDF_RE = re.compile(r"([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+
+
+def parse_bdf(text: str) -> tuple[int, int]:
+    """``"0000:03:00.0"`` → ``(domain, bdf)``; ``ValueError`` on malformed text."""
+    m = _BDF_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a PCI address DDDD:BB:DD.F: {text!r}")
+    domain, bus, dev, fn = (int(g, 16) for g in m.groups())
+    if dev > 0x1F:
+        raise ValueError(f"device number {dev:#x} > 0x1f in {text!r}")
+    return domain, bdf(bus, dev, fn)
+
+
+# ----------------------------------------------------------------- structs
+
+
+@dataclass(frozen=True)
+class PciDevSer:
+    """Models ``struct pci_dev_ser`` from include/linux/kho/abi/pci.h (all profiles).
+
+    Packed, 8 bytes: ``domain`` u32 @0 (PCI segment), ``bdf`` u16 @4
+    (``bus << 8 | devfn``), ``refcount`` u16 @6 (0 = free slot; pci-v3 /
+    v7 pci-v2: preserved devices at or below this one).
+    """
+
+    domain: int
+    bdf: int
+    refcount: int
+
+    SIZE: ClassVar[int] = 8
+    _ST: ClassVar[struct.Struct] = struct.Struct("<IHH")
+    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("domain", 0, 4), ("bdf", 4, 2),
+                                                 ("refcount", 6, 2))
+
+    @property
+    def key(self) -> int:
+        return key(self.domain, self.bdf)
+
+    def encode(self) -> bytes:
+        return self._ST.pack(_u("pci_dev_ser.domain", self.domain, 32),
+                             _u("pci_dev_ser.bdf", self.bdf, 16),
+                             _u("pci_dev_ser.refcount", self.refcount, 16))
+
+    @classmethod
+    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_dev_ser") -> Self:
+        domain, bdf_, ref = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_dev_ser")
+        return cls(domain, bdf_, ref)
+
+
+@dataclass(frozen=True)
+class PciSerV6:
+    """Models the v6 ``struct pci_ser`` from include/linux/kho/abi/pci.h (pci-v1..v3).
+
+    Packed: 8-byte header ``max_nr_devices`` u32 @0, ``nr_devices`` u32 @4
+    (slots with refcount > 0), then ``devices[max_nr_devices]`` @8, 8 bytes
+    each.  ``SIZE`` is the header; the encoded size is ``8 + 8 * max``.
+    ``nr_devices`` is stored as given (it is not recomputed: a model may need
+    to write an inconsistent value).
+    """
+
+    max_nr_devices: int
+    nr_devices: int
+    devices: tuple[PciDevSer, ...]
+
+    SIZE: ClassVar[int] = 8
+    HEADER_SIZE: ClassVar[int] = 8
+    _ST: ClassVar[struct.Struct] = struct.Struct("<II")
+    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("max_nr_devices", 0, 4), ("nr_devices", 4, 4))
+
+    @property
+    def encoded_size(self) -> int:
+        return self.HEADER_SIZE + PciDevSer.SIZE * self.max_nr_devices
+
+    def encode(self) -> bytes:
+        _u("pci_ser.max_nr_devices", self.max_nr_devices, 32)
+        if len(self.devices) != self.max_nr_devices:
+            raise ValueError(f"pci_ser.devices: {len(self.devices)} slots, "
+                             f"max_nr_devices is {self.max_nr_devices}")
+        return (self._ST.pack(self.max_nr_devices, _u("pci_ser.nr_devices", self.nr_devices, 32))
+                + b"".join(d.encode() for d in self.devices))
+
+    @classmethod
+    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v6") -> Self:
+        mx, nr = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_ser")
+        start = offset + cls.HEADER_SIZE
+        if start + mx * PciDevSer.SIZE > len(buf):
+            raise DecodeError(what, start, "pci_ser.devices",
+                              f"max_nr_devices {mx} needs {mx * PciDevSer.SIZE} bytes, blob has "
+                              f"{max(0, len(buf) - start)}", kind="truncated")
+        devs = tuple(PciDevSer.decode(buf, start + i * PciDevSer.SIZE, what) for i in range(mx))
+        return cls(mx, nr, devs)
+
+    def used(self) -> list[PciDevSer]:
+        """Slots with refcount > 0, in slot order (readers must skip holes)."""
+        return [d for d in self.devices if d.refcount]
+
+
+@dataclass(frozen=True)
+class PciSerV7:
+    """Models the v7 ``struct pci_ser`` from include/linux/kho/abi/pci.h (pci-v1/pci-v2).
+
+    Packed, 12 bytes: ``nr_devices`` u32 @0, ``devices`` u64 @4 (phys of the
+    first KHO block header of ``pci_dev_ser`` entries, 0 if never used).
+    """
+
+    nr_devices: int
+    devices: int
+
+    SIZE: ClassVar[int] = 12
+    _ST: ClassVar[struct.Struct] = struct.Struct("<IQ")
+    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("nr_devices", 0, 4), ("devices", 4, 8))
+
+    def encode(self) -> bytes:
+        return self._ST.pack(_u("pci_ser.nr_devices", self.nr_devices, 32),
+                             _u("pci_ser.devices", self.devices, 64))
+
+    @classmethod
+    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v7") -> Self:
+        nr, devs = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_ser")
+        return cls(nr, devs)
+
+
+@dataclass(frozen=True)
+class PciSerV9:
+    """Models the v9-era ``struct pci_ser`` from include/linux/kho/abi/pci.h (``pci``).
+
+    Packed, 16 bytes: ``version`` u32 @0 (= 1; never moves), ``nr_devices``
+    u32 @4, ``devices`` u64 @8 (block-chain head).  The version is decoded,
+    not checked: a mismatch is a panic decided by the caller.
+    """
+
+    version: int
+    nr_devices: int
+    devices: int
+
+    SIZE: ClassVar[int] = 16
+    _ST: ClassVar[struct.Struct] = struct.Struct("<IIQ")
+    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("version", 0, 4), ("nr_devices", 4, 4),
+                                                 ("devices", 8, 8))
+
+    def encode(self) -> bytes:
+        return self._ST.pack(_u("pci_ser.version", self.version, 32),
+                             _u("pci_ser.nr_devices", self.nr_devices, 32),
+                             _u("pci_ser.devices", self.devices, 64))
+
+    @classmethod
+    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v9") -> Self:
+        ver, nr, devs = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_ser")
+        return cls(ver, nr, devs)
+
+
+assert struct.calcsize("<IHH") == PciDevSer.SIZE
+assert struct.calcsize("<II") == PciSerV6.SIZE
+assert struct.calcsize("<IQ") == PciSerV7.SIZE
+assert struct.calcsize("<IIQ") == PciSerV9.SIZE
+assert block_capacity(PciDevSer.SIZE) == PCI_DEVS_PER_BLOCK
+
+
+def decode_dev_entries(entries: Sequence[bytes], what: str = "pci_dev_ser") -> list[PciDevSer]:
+    """Decode the raw entries returned by :func:`luosim.abi.block.walk_chain`."""
+    return [PciDevSer.decode(e, 0, what) for e in entries]
