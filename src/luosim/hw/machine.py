@@ -30,15 +30,16 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 def parse_size(value: int | str, where: str = "size") -> int:
     """``"16GiB"`` / ``"512M"`` / ``4096`` -> bytes (ValueError naming ``where``)."""
+    prefix = f"{where}: " if where else ""
     if isinstance(value, bool):
-        raise ValueError(f"{where}: expected a size, got {value!r}")
+        raise ValueError(f"{prefix}expected a size, got {value!r}")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"{where}: negative size {value}")
+            raise ValueError(f"{prefix}negative size {value}")
         return value
     m = _SIZE_RE.match(str(value))
     if not m:
-        raise ValueError(f"{where}: cannot parse size {value!r} (use e.g. 16GiB, 512MiB)")
+        raise ValueError(f"{prefix}cannot parse size {value!r} (use e.g. 16GiB, 512MiB)")
     unit = (m.group(2) or "").upper()[:1] if m.group(2) and m.group(2).upper() != "B" else ""
     return int(m.group(1)) * _UNITS[unit]
 

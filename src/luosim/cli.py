@@ -1,0 +1,185 @@
+"""The ``luosim`` command line (typer + rich).
+
+Exit codes: 0 ok, 1 the run ended refused/panic/unsafe (or a replay
+diverged), 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from luosim.faults import Fault
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="luosim: an executable, byte-exact model of Linux Live Update.")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit (bad input = 2)."""
+    err.print(f"luosim: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_policy(items: list[str] | None) -> dict[str, str]:
+    """``["pci.retrieve_failure=warn", "a=b,c=d"]`` -> dict; bad text exits 2."""
+    from luosim.kernel.profiles import check_policy
+    policy: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                fail(f"--policy {part!r}: expected KEY=VALUE")
+            try:
+                check_policy(key.strip(), value.strip())
+            except ValueError as exc:
+                fail(f"--policy: {exc}")
+            policy[key.strip()] = value.strip()
+    return policy
+
+
+def _load(path: Path) -> Any:
+    from luosim.scenario.schema import ScenarioError, load_scenario
+    try:
+        return load_scenario(path)
+    except ScenarioError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"luosim: {line}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _run_and_report(scenario: Any, policy: dict[str, str], faults: tuple[Fault, ...],
+                    as_json: bool, title: str) -> None:
+    from luosim.report.console import render
+    from luosim.scenario.runner import run
+    if as_json:
+        result = run(scenario, faults=faults, policy=policy)
+        sys.stdout.write(json.dumps(result.as_json(), indent=2, sort_keys=False) + "\n")
+    else:
+        from luosim.report.progress import PhaseProgress
+        with PhaseProgress(out) as progress:
+            result = run(scenario, faults=faults, policy=policy, on_phase=progress.phase)
+        render(result, out, title=title)
+    raise typer.Exit(0 if result.outcome == "ok" else 1)
+
+
+PolicyOpt = Annotated[list[str] | None, typer.Option(
+    "--policy", help="Override a profile policy, KEY=VALUE (e.g. pci.retrieve_failure=warn).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable result.")]
+
+
+@app.command()
+def demo(policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the built-in reference hypervisor host live update."""
+    from importlib.resources import files
+    pol = parse_policy(policy)
+    ref = files("luosim").joinpath("data/reference-host.yaml")
+    from luosim.scenario.schema import scenario_from_dict
+    import yaml
+    scenario = scenario_from_dict(yaml.safe_load(ref.read_text()), "reference-host.yaml")
+    _run_and_report(scenario, pol, (), as_json, "reference host")
+
+
+@app.command("run")
+def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+            policy: PolicyOpt = None, as_json: JsonOpt = False,
+            fault: Annotated[list[str] | None, typer.Option(
+                "--fault", help="Inject POINT[#N]=EFFECT (repeatable).")] = None) -> None:
+    """Run a scenario: live progress, PCI trees, preserved objects, timeline, invariants."""
+    pol = parse_policy(policy)
+    scenario = _load(file)
+    try:
+        faults = tuple(Fault.parse(f) for f in fault or [])
+    except ValueError as exc:
+        fail(f"--fault: {exc}")
+    _run_and_report(scenario, pol, faults, as_json, file.name)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files."""
+    from luosim.scenario.schema import Scenario
+    sys.stdout.write(json.dumps(Scenario.model_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debugfs file.")],
+            kind: Annotated[str, typer.Option(
+                "--as", help="auto | kho-fdt | luo-fdt | luo-ser | pci-v6 | pci-v7 | pci-v9 | "
+                             "memfd | kho-data")] = "auto",
+            as_json: JsonOpt = False) -> None:
+    """Decode a real or simulated hand-over blob (FDT or packed struct)."""
+    from luosim.inspect.decode import InspectError, decode_blob
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror or exc}")
+    try:
+        report = decode_blob(data, kind)
+    except InspectError as exc:
+        out.print(f"[bold red]{file}: {exc.classification}[/]: {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        from luosim.inspect.decode import render_report
+        render_report(report, out)
+
+
+@app.command()
+def matrix(file: Annotated[Path | None, typer.Argument(
+               help="Scenario whose update is repeated for every profile pair.")] = None,
+           policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the update for every (old profile, new profile) pair and tabulate outcomes."""
+    from luosim.scenario.matrix import run_matrix
+    pol = parse_policy(policy)
+    if file is None:
+        from importlib.resources import files
+
+        import yaml
+
+        from luosim.scenario.schema import scenario_from_dict
+        ref = files("luosim").joinpath("data/reference-host.yaml")
+        scenario = scenario_from_dict(yaml.safe_load(ref.read_text()), "reference-host.yaml")
+    else:
+        scenario = _load(file)
+    rows = run_matrix(scenario, pol)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+    t = Table(title="Cross-version live update")
+    for col in ("from", "to", "outcome", "why"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["from"], r["to"], r["outcome"], r["why"])
+    out.print(t)
+
+
+def _mount_explorer() -> None:
+    try:
+        from luosim.explore.cli import explore_cmd, replay_cmd
+    except ImportError:  # pragma: no cover - the explorer is part of the package
+        return
+    cmds: list[tuple[str, Callable[..., Any]]] = [("explore", explore_cmd), ("replay", replay_cmd)]
+    for name, fn in cmds:
+        app.command(name)(fn)
+
+
+_mount_explorer()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("luosim: interrupted")
+        sys.exit(130)

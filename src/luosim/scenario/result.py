@@ -1,0 +1,98 @@
+"""The result of one run: outcome, invariants, events, devices.
+
+Its ``as_json()`` is the stable CLI shape of ../shared/DESIGN.md
+(``luosim run --json``).  Outcomes, in DESIGN.md's words:
+
+ok       update completed, every invariant holds;
+refused  an operation failed cleanly (errno), state rolled back;
+panic    a kernel panicked (with message) before any invariant broke;
+unsafe   an invariant broke.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+OUTCOMES = ("ok", "refused", "panic", "unsafe")
+
+
+@dataclass(frozen=True)
+class InvariantResult:
+    id: str
+    ok: bool
+    detail: str
+    spec: str = ""
+    step: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    name: str
+    bdf_before: str | None
+    bdf_after: str | None
+    preserved: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "bdf_before": self.bdf_before, "bdf_after": self.bdf_after,
+                "preserved": self.preserved}
+
+
+@dataclass
+class RunResult:
+    outcome: str
+    panic: str | None = None
+    error: str | None = None  # errno failure of a refused run: "STEP: EBUSY (...)"
+    failed_step: str | None = None
+    invariants: list[InvariantResult] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[DeviceResult] = field(default_factory=list)
+    reached: Counter[str] = field(default_factory=Counter)  # fault point -> hits
+    fired: list[str] = field(default_factory=list)  # fault labels that fired
+    phases: list[tuple[str, int]] = field(default_factory=list)  # (phase, simulated ns)
+    pci_before: list[dict[str, Any]] = field(default_factory=list)
+    pci_after: list[dict[str, Any]] = field(default_factory=list)
+    preserved_objects: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome {self.outcome!r} is not one of {OUTCOMES}")
+
+    @property
+    def broken(self) -> list[InvariantResult]:
+        return [i for i in self.invariants if not i.ok]
+
+    def signature(self) -> str:
+        """Outcome class plus what makes it that class, stable across runs.
+
+        Runs with the same signature are one group in an exploration.
+        """
+        if self.outcome == "unsafe":
+            return "unsafe:" + ",".join(sorted({i.id for i in self.broken}))
+        if self.outcome == "panic":
+            return f"panic:{_stable(self.panic or '')}"
+        if self.outcome == "refused":
+            return f"refused:{self.failed_step or '?'}:{_stable(self.error or '')}"
+        return "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "panic": self.panic,
+            "error": self.error,
+            "invariants": [i.as_dict() for i in self.invariants],
+            "events": self.events,
+            "devices": [d.as_dict() for d in self.devices],
+        }
+
+
+def _stable(message: str) -> str:
+    """Drop addresses and numbers that vary between otherwise equal failures."""
+    import re
+    text = re.sub(r"0x[0-9a-f]+", "ADDR", message)
+    return re.sub(r"\b\d{3,}\b", "N", text)[:160]
