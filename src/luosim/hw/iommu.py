@@ -32,7 +32,9 @@ Entry layouts (legacy mode, little-endian, 128-bit entries as lo/hi u64):
 Not modelled: IOTLB / context-cache (every DMA walks memory, as if the driver
 invalidated after every change, so stale-IOTLB bugs cannot be expressed),
 scalable mode / PASID tables, interrupt remapping, ATS, queued invalidation,
-the MMIO register file itself (``reg_base`` is only the unit's identity and
+PTE reserved-bit checks (root and context entries with reserved bits set
+do fault, ``entry-invalid``, so poisoned tables are usually caught), the MMIO
+register file itself (``reg_base`` is only the unit's identity and
 KHO token, never accessed through memory), fault-recording register count
 (the log is a bounded list with an overflow counter, see :data:`FAULT_LOG_CAP`).
 
@@ -57,7 +59,7 @@ from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
 ROOT_ENTRY_SIZE = 16
 CONTEXT_ENTRY_SIZE = 16
 PTE_SIZE = 8
-ENTRIES_PER_TABLE = PAGE_SIZE // PTE_SIZE  # 512
+ENTRIES_PER_TABLE: int = PAGE_SIZE // PTE_SIZE  # 512
 NR_BUSES = 256
 NR_DEVFNS = 256
 
@@ -73,6 +75,10 @@ CTX_DID_SHIFT = 8
 CTX_DID_MASK = 0xFFFF << CTX_DID_SHIFT
 CTX_AW_MASK = 0x7
 PTR_MASK_12_63 = ~0xFFF & ((1 << 64) - 1)
+ROOT_LO_RSVD = 0xFFE  # bits 1-11
+ROOT_HI_RSVD = (1 << 64) - 1  # legacy mode: upper half reserved
+CTX_LO_RSVD = 0xFF0  # bits 4-11
+CTX_HI_RSVD = (((1 << 64) - 1) & ~((1 << 24) - 1)) | (1 << 7)  # bit 7, bits 24-63
 
 TT_UNTRANSLATED = 0  # second-level translation of untranslated requests
 TT_ALL = 1  # also translated requests / translation requests (ATS)
@@ -448,18 +454,29 @@ class IommuHardware:
         slot = rt + ROOT_ENTRY_SIZE * bus
         if rt < 0 or slot + ROOT_ENTRY_SIZE > mem.size:
             return Resolution(None, REASON_OUTSIDE_RAM, (), detail=f"root table {rt:#x}")
-        root = RootEntry.decode(mem.read(slot, ROOT_ENTRY_SIZE))
+        raw = mem.read(slot, ROOT_ENTRY_SIZE)
+        root = RootEntry.decode(raw)
         tables: tuple[int, ...] = (rt,)
         if not root.present:
             return Resolution(None, REASON_ROOT, tables)
+        lo, hi = struct.unpack("<QQ", raw)
+        if lo & ROOT_LO_RSVD or hi & ROOT_HI_RSVD:
+            return Resolution(None, REASON_INVALID, tables,
+                              detail=f"root entry of bus {bus:#04x}: reserved bits set")
         ct = root.context_table
         slot = ct + CONTEXT_ENTRY_SIZE * devfn
         if slot + CONTEXT_ENTRY_SIZE > mem.size:
             return Resolution(None, REASON_OUTSIDE_RAM, tables, detail=f"context table {ct:#x}")
-        ctx = ContextEntry.decode(mem.read(slot, CONTEXT_ENTRY_SIZE))
+        raw = mem.read(slot, CONTEXT_ENTRY_SIZE)
+        ctx = ContextEntry.decode(raw)
         tables += (ct,)
         if not ctx.present:
             return Resolution(None, REASON_CONTEXT, tables)
+        lo, hi = struct.unpack("<QQ", raw)
+        if lo & CTX_LO_RSVD or hi & CTX_HI_RSVD:
+            return Resolution(None, REASON_INVALID, tables,
+                              detail=f"context entry {bdf_str(unit.segment, rid)}: "
+                              "reserved bits set")
         if ctx.translation_type == TT_PASSTHROUGH:
             return Resolution(iova, None, tables)
         levels = ctx.levels
@@ -666,7 +683,7 @@ class PageTableWriter:
 
     def _next(self, table: int, iova: int, level: int, create: bool) -> int | None:
         slot = table + PTE_SIZE * level_index(iova, level)
-        pte = self.memory.read_u64(slot)
+        pte: int = self.memory.read_u64(slot)
         if pte & (PTE_R | PTE_W):
             if pte & PTE_PS:
                 raise PageTableError(f"iova {iova:#x}: inside a level-{level} superpage")

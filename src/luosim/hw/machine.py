@@ -9,7 +9,7 @@ on it; at kexec the only thing passed from one kernel to the next is the
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,9 @@ class Machine:
         self.current: Kernel | None = None
         self.boot_count = 0
         self.kexec_count = 0
+        # observers of boot stages ("kexec-jump", "pci-enumerated", "iommu-ready",
+        # "booted"): the runner lets devices run DMA through the blackout here
+        self.stage_hooks: list[Callable[[str], None]] = []
         self._attach_hardware()
 
     def _attach_hardware(self) -> None:
@@ -118,6 +121,10 @@ class Machine:
                    level, data)
         self.events.append(ev)
         return ev
+
+    def stage(self, name: str) -> None:
+        for hook in list(self.stage_hooks):
+            hook(name)
 
     # -- kernels --------------------------------------------------------------
     def boot(self, profile: str = "v6", cmdline: str = "",
@@ -163,3 +170,4 @@ class Machine:
         self.emit("machine", "kexec", "jump",
                   f"kexec #{self.kexec_count}: {preserved_pages} preserved pages kept, "
                   "all other memory scrubbed", preserved_pages=preserved_pages)
+        self.stage("kexec-jump")

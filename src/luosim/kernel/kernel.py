@@ -126,6 +126,7 @@ class Kernel:
         self.memfd.late_init()
         self.liveupdate.late_init()
         self.booted = True
+        self.machine.stage("booted")
         self.kho.report_unclaimed("end of boot")
         self.printk("info", "boot", "boot complete")
 
@@ -148,9 +149,11 @@ class Kernel:
         self.pci_lu = PciLiveupdate(self)
         self.pci.hooks = self.pci_lu
         self.pci.enumerate()
+        self.machine.stage("pci-enumerated")
         # IOMMU driver init and device probe (adopts preserved tables first)
         self.iommu = IommuSubsystem(self)
         self.iommu.init()
+        self.machine.stage("iommu-ready")
         # device: vfio-pci and iommufd register their file handlers and FLBs
         self.iommufd_mod = Iommufd(self)
         self.iommufd_mod.init()

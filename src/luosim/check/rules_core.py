@@ -1,0 +1,86 @@
+"""LUO, KHO, BDF-identity and DMA invariants."""
+
+from __future__ import annotations
+
+from luosim.check.invariants import CheckContext, invariant
+from luosim.hw.memory import PAGE_SHIFT
+
+
+@invariant("KHO-1", "preserved memfd content is intact after kexec (fingerprint-exact)",
+           "kho.md Memory API; luo.md §5.3")
+def preserved_bytes_intact(ctx: CheckContext) -> str | None:
+    for vm, (before, after) in sorted(ctx.ram.items()):
+        if after is not None and after != before:
+            return f"guest RAM of {vm} changed across the update ({before:#x} -> {after:#x})"
+    return None
+
+
+@invariant("KHO-2", "no preserved memory is leaked once every session is finished",
+           "kho.md Memory API (incoming); luo.md §3.5")
+def no_leak_after_finish(ctx: CheckContext) -> str | None:
+    if ctx.phase != "finished" or ctx.kernel is None or not ctx.kernel.alive:
+        return None
+    allowed = int(ctx.extra.get("pending_pages", -1))
+    if allowed < 0:
+        return None
+    leaked = sum(1 << o for _pa, o in ctx.kernel.kho.unclaimed())
+    if leaked > allowed:
+        return (f"{leaked} preserved pages never restored, only {allowed} belong to sessions "
+                "deliberately left pending")
+    return None
+
+
+@invariant("LUO-1", "a token is retrievable only while its session is retrieved and unfinished",
+           "luo.md §7 (model-level invariants), §2.4 RETRIEVE_FD/FINISH")
+def tokens_once(ctx: CheckContext) -> str | None:
+    for (session, token), n in sorted(ctx.retrieved_tokens.items()):
+        if n < 0:
+            return f"token {token:#x} of session {session!r} retrievable after FINISH"
+    return None
+
+
+@invariant("LUO-2", "liveupdate-number rises by one per live update",
+           "luo.md §1.3 (liveupdate-number: out = in + 1)")
+def liveupdate_number_monotonic(ctx: CheckContext) -> str | None:
+    nums = ctx.liveupdate_numbers
+    for a, b in zip(nums, nums[1:]):
+        if b != a + 1:
+            return f"liveupdate-number went {a} -> {b}"
+    return None
+
+
+@invariant("PCI-1", "every preserved device is enumerated at its serialized segment:bus:dev.fn",
+           "pci.md §10.1, §5.2")
+def bdf_identity(ctx: CheckContext) -> str | None:
+    k = ctx.kernel
+    if ctx.phase not in ("after-kexec", "finished") or k is None or not k.booted:
+        return None
+    for name, bdf in sorted(ctx.preserved_bdfs.items()):
+        dev = k.pci.find_hw(name)
+        now = dev.name if dev is not None else None
+        if now != bdf:
+            return f"preserved device {name} was {bdf}, now {now or 'not enumerated'}"
+    return None
+
+
+@invariant("DMA-1", "every DMA write of a preserved device lands in its own VM's memory",
+           "pci.md §7.5, §10.7 (RequesterID-keyed translation); DESIGN.md outcomes")
+def dma_lands_in_owner(ctx: CheckContext) -> str | None:
+    dma = getattr(ctx.machine, "dma", None)
+    if dma is None:
+        return None
+    records = dma.records
+    for rec in records[ctx.dma_checked:]:
+        vm = ctx.device_vm.get(rec.hw_id)
+        if vm is None or rec.pa is None:
+            continue
+        pfns = ctx.ram_pfns.get(vm, frozenset())
+        if (rec.pa >> PAGE_SHIFT) not in pfns:
+            owner = next((v for v, p in ctx.ram_pfns.items() if (rec.pa >> PAGE_SHIFT) in p),
+                         None)
+            where = f"{owner}'s RAM" if owner else "memory outside any VM"
+            ctx.dma_checked = len(records)
+            return (f"{rec.hw_id} (rid {rec.rid:#06x}) wrote iova {rec.iova:#x} -> pa "
+                    f"{rec.pa:#x} in {where} [{rec.outcome}]")
+    ctx.dma_checked = len(records)
+    return None

@@ -1,0 +1,493 @@
+"""Device DMA engines: bus-master writes that go through PCI and the IOMMU.
+
+A :class:`DmaEngine` is the DMA side of one PCI function (a NIC ring, an
+NVMe queue...): while it runs it issues memory writes by IOVA, cycling over
+``[iova_base, iova_base + length)`` with deterministic content.  Each write
+follows the hardware path:
+
+1. the function and every upstream bridge must have Bus Master Enable set
+   (``machine.pci.dma_path_enabled``), else the write never leaves the
+   device: outcome ``blocked-bme``;
+2. the request carries the RequesterID the function has *now*, from the
+   current bridge bus-number registers (``machine.pci.requester_id``); no
+   route: ``unroutable``;
+3. the remapping unit of the segment translates it (pci.md §7.5: root entry
+   by bus, context entry by devfn, second-level tables): ``translated``; a
+   blocked request is logged in the unit's fault log and its outcome is the
+   fault reason (``pte-not-present``, ...); translation disabled (or no unit
+   on the segment): the write lands at ``pa = iova``, outcome
+   ``untranslated``.
+
+So a bus renumbered under a live device makes its writes use another
+RequesterID's context entry - they land in the other device's memory or
+fault, which is what pci.md §7.5 and §10 invariant 7 guard against.
+
+Cost model: a step's writes are computed in bulk.  Within a step nothing but
+DMA changes memory, so each IOVA page is translated once per step, only the
+last write to each address is materialised (earlier ones in the same step
+are overwritten anyway) and consecutive pages are written in one call.  If a
+write lands on a page the walk itself read (DMA corrupting the IOMMU
+tables), the step is replayed write by write instead, so the result is
+exact either way.  Records aggregate: per engine, a :class:`DmaRecord`
+counts every write with one (outcome, segment, RequesterID) since the
+engine's mix of outcomes last changed, so a 1 s blackout at 1000 writes/ms
+is one record.  Where writes actually landed is kept per physical page in
+:attr:`DmaController.landed`.
+
+Modes (:attr:`DmaController.mode`): ``reset-at-freeze`` (vfio v4/v5: freeze
+resets the device, its engine stops; pci.md §10 inv. 5) and ``continuous``
+(future phases: DMA keeps running through kexec).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from luosim.hw.clock import SimClock
+from luosim.hw.iommu import (
+    REASON_PASSTHROUGH,
+    IommuHardware,
+    Resolution,
+    VtdUnit,
+)
+from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
+
+OUTCOME_TRANSLATED = "translated"
+OUTCOME_UNTRANSLATED = "untranslated"
+OUTCOME_BLOCKED_BME = "blocked-bme"
+OUTCOME_UNROUTABLE = "unroutable"
+WRITTEN_OUTCOMES = frozenset({OUTCOME_TRANSLATED, OUTCOME_UNTRANSLATED})
+"""Outcomes whose writes reached memory; every other outcome wrote nothing."""
+
+MODES = ("reset-at-freeze", "continuous")
+DEFAULT_STEP_NS = 1_000_000  # 1 ms
+WRITE_SIZES = (8, PAGE_SIZE)
+
+_MASK64 = (1 << 64) - 1
+_WORDS_PER_PAGE: int = PAGE_SIZE // 16
+_ATTR = "dma"  # where DmaController.of() keeps the controller on the machine
+
+
+class DmaFunction(Protocol):
+    """The PCI function object the PCI hardware hands out."""
+
+    @property
+    def hw_id(self) -> str: ...
+
+    @property
+    def segment(self) -> int: ...
+
+
+class PciDmaPath(Protocol):
+    """What a DMA engine asks the PCI hardware about its function."""
+
+    def requester_id(self, func: Any, /) -> tuple[int, int] | None: ...
+
+    def dma_path_enabled(self, func: Any, /) -> bool: ...
+
+
+class DmaMachine(Protocol):
+    @property
+    def memory(self) -> PhysicalMemory: ...
+
+    @property
+    def clock(self) -> SimClock: ...
+
+    @property
+    def pci(self) -> PciDmaPath: ...
+
+    @property
+    def iommu(self) -> IommuHardware: ...
+
+    def emit(self, kernel: str, subsystem: str, kind: str, detail: str,
+             level: str = "info", **data: Any) -> object: ...
+
+
+@dataclass(slots=True)
+class DmaRecord:
+    """``count`` writes of one engine with one outcome (see module docstring).
+
+    ``iova``/``pa`` are those of the first write (``pa`` None when nothing
+    was written); ``iova_lo``/``iova_hi`` bound every IOVA covered.
+    """
+
+    time_ns: int
+    hw_id: str
+    segment: int
+    rid: int | None
+    iova: int
+    pa: int | None
+    outcome: str
+    count: int = 1
+    last_time_ns: int = 0
+    iova_lo: int = 0
+    iova_hi: int = 0  # exclusive
+
+    @property
+    def wrote(self) -> bool:
+        return self.outcome in WRITTEN_OUTCOMES
+
+    @property
+    def is_fault(self) -> bool:
+        return self.outcome not in WRITTEN_OUTCOMES and self.outcome not in (
+            OUTCOME_BLOCKED_BME, OUTCOME_UNROUTABLE)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"time_ns": self.time_ns, "last_time_ns": self.last_time_ns,
+                "hw_id": self.hw_id, "segment": self.segment, "rid": self.rid,
+                "iova": self.iova, "pa": self.pa, "outcome": self.outcome,
+                "count": self.count, "iova_lo": self.iova_lo, "iova_hi": self.iova_hi}
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Last DMA write that reached a physical page."""
+
+    hw_id: str
+    time_ns: int
+    outcome: str
+
+
+_Key = tuple[str, int, int | None]
+
+
+@dataclass
+class _Acc:
+    iova: int
+    pa: int | None
+    count: int
+    lo: int
+    hi: int
+
+
+@dataclass
+class _Batch:
+    """Per-step accumulation of outcomes, in first-seen order."""
+
+    acc: dict[_Key, _Acc] = field(default_factory=dict)
+
+    def add(self, key: _Key, iova: int, pa: int | None, count: int, lo: int, hi: int) -> None:
+        if count <= 0:
+            return
+        a = self.acc.get(key)
+        if a is None:
+            self.acc[key] = _Acc(iova, pa, count, lo, hi)
+        else:
+            a.count += count
+            a.lo = min(a.lo, lo)
+            a.hi = max(a.hi, hi)
+
+
+def pattern_word(seed: int, seq: int) -> int:
+    """Content of the ``seq``-th 8-byte write of an engine with ``seed``."""
+    return (((seed ^ 0x5DEECE66D) * 0x9E3779B97F4A7C15) + seq * 0xBF58476D1CE4E5B9) & _MASK64
+
+
+def pattern_page(seed: int, seq: int) -> bytes:
+    """Content of the ``seq``-th 4 KiB write of an engine with ``seed``."""
+    return struct.pack("<QQ", seed & _MASK64, seq & _MASK64) * _WORDS_PER_PAGE
+
+
+class DmaEngine:
+    """The bus-master engine of one PCI function.
+
+    ``rate_per_ms`` writes per simulated millisecond of running time, each
+    ``write_size`` (8 or 4096) bytes; write ``seq`` goes to
+    ``iova_base + (seq % slots) * write_size`` with content
+    :func:`pattern_word` / :func:`pattern_page` of ``(pattern_seed, seq)``.
+    """
+
+    def __init__(self, machine: DmaMachine, func: DmaFunction, *, iova_base: int, length: int,
+                 rate_per_ms: float, pattern_seed: int, write_size: int = 8) -> None:
+        if write_size not in WRITE_SIZES:
+            raise ValueError(f"write_size must be one of {WRITE_SIZES}")
+        if length <= 0 or length % write_size or iova_base < 0 or iova_base % write_size:
+            raise ValueError(f"iova range {iova_base:#x}+{length:#x} not {write_size}-aligned")
+        if not (rate_per_ms >= 0 and math.isfinite(rate_per_ms)):
+            raise ValueError(f"rate_per_ms {rate_per_ms!r} must be finite and >= 0")
+        self.machine = machine
+        self.func = func
+        self.iova_base = iova_base
+        self.length = length
+        self.rate_per_ms = float(rate_per_ms)
+        self.pattern_seed = pattern_seed
+        self.write_size = write_size
+        self.slots = length // write_size
+        self.running = True
+        self.active_ns = 0  # running time so far (writes due = rate * active time)
+        self.issued = 0  # writes issued so far (next write's seq)
+        self.controller: DmaController | None = None
+        self._open: dict[_Key, DmaRecord] = {}
+
+    @property
+    def hw_id(self) -> str:
+        return self.func.hw_id
+
+    def __repr__(self) -> str:
+        return (f"DmaEngine({self.hw_id}, iova={self.iova_base:#x}+{self.length:#x}, "
+                f"{self.rate_per_ms}/ms, {'running' if self.running else 'stopped'})")
+
+    def iova_of(self, seq: int) -> int:
+        return self.iova_base + (seq % self.slots) * self.write_size
+
+    def content(self, seq: int, n: int = 1) -> bytes:
+        """Bytes of writes ``seq .. seq+n-1`` concatenated."""
+        if self.write_size == PAGE_SIZE:
+            return b"".join(pattern_page(self.pattern_seed, s) for s in range(seq, seq + n))
+        seed = self.pattern_seed
+        return struct.pack(f"<{n}Q", *(pattern_word(seed, s) for s in range(seq, seq + n)))
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        """Quiesce the engine (device reset); its open records are closed."""
+        self.running = False
+        self._open = {}
+
+    # -- one step ----------------------------------------------------------------
+    def tick(self, t0: int, t1: int) -> int:
+        """Issue the writes due in ``[t0, t1)``; return how many were issued."""
+        ctl = self.controller
+        if ctl is None:
+            raise RuntimeError(f"{self.hw_id}: engine not added to a DmaController")
+        if not self.running or t1 <= t0:
+            return 0
+        self.active_ns += t1 - t0
+        due = math.floor(self.rate_per_ms * self.active_ns / 1_000_000) - self.issued
+        if due <= 0:
+            return 0
+        seq0 = self.issued
+        self.issued += due
+        pci = self.machine.pci
+        batch = _Batch()
+        routed = pci.requester_id(self.func)
+        seg, rid = routed if routed is not None else (self.func.segment, None)
+        lo, hi = self._span(seq0, due)
+        if not pci.dma_path_enabled(self.func):
+            batch.add((OUTCOME_BLOCKED_BME, seg, rid), self.iova_of(seq0), None, due, lo, hi)
+        elif routed is None:
+            batch.add((OUTCOME_UNROUTABLE, seg, None), self.iova_of(seq0), None, due, lo, hi)
+        else:
+            assert rid is not None
+            if not self._bulk(ctl, seg, rid, seq0, due, t1, batch):
+                batch = _Batch()
+                self._exact(ctl, seg, rid, seq0, due, t1, batch)
+        self._commit(ctl, batch, t0, t1)
+        return due
+
+    def _span(self, seq0: int, n: int) -> tuple[int, int]:
+        if n >= self.slots:
+            return self.iova_base, self.iova_base + self.length
+        a, b = self.iova_of(seq0), self.iova_of(seq0 + n - 1) + self.write_size
+        return (a, b) if a < b else (self.iova_base, self.iova_base + self.length)
+
+    def _resolve(self, seg: int, rid: int, page: int) -> Resolution:
+        return self.machine.iommu.resolve(seg, rid, page, True, PAGE_SIZE)
+
+    @staticmethod
+    def _outcome(res: Resolution) -> str:
+        if res.reason is None:
+            return OUTCOME_TRANSLATED
+        if res.reason == REASON_PASSTHROUGH:
+            return OUTCOME_UNTRANSLATED
+        reason: str = res.reason
+        return reason
+
+    def _log(self, unit: VtdUnit | None, res: Resolution, rid: int, iova: int,
+             count: int) -> None:
+        if unit is not None and res.reason is not None and count > 0:
+            self.machine.iommu.record_fault(unit, res.reason, rid, iova, True, count,
+                                            res.detail)
+
+    def _bulk(self, ctl: DmaController, seg: int, rid: int, seq0: int, due: int, t1: int,
+              batch: _Batch) -> bool:
+        """Bulk step (see module docstring); False if it must be replayed exactly."""
+        slots, ws = self.slots, self.write_size
+        q, rem = divmod(due, slots)
+        npos = min(due, slots)
+        # runs of consecutive positions j (write seq0 + j) in one IOVA page
+        runs: list[tuple[int, int, int, int, Resolution]] = []  # (j, n, iova, page, res)
+        memo: dict[int, Resolution] = {}
+        tables: set[int] = set()
+        j = 0
+        while j < npos:
+            slot = (seq0 + j) % slots
+            iova = self.iova_base + slot * ws
+            page = iova & ~(PAGE_SIZE - 1)
+            n = min(npos - j, slots - slot, (page + PAGE_SIZE - iova) // ws)
+            if j < rem < j + n:
+                n = rem - j  # split at rem: positions below rem get one write more
+            res = memo.get(page)
+            if res is None:
+                res = memo[page] = self._resolve(seg, rid, page)
+                tables.update(res.tables)
+            runs.append((j, n, iova, page, res))
+            j += n
+        table_pfns = {t >> 12 for t in tables}
+        if any(r.pa is not None and r.pa >> 12 in table_pfns for r in memo.values()):
+            return False  # a write would land on a table the walk reads
+        unit = self.machine.iommu.unit_for_segment(seg)
+        for j, n, iova, _page, res in runs:
+            count = q * n + (n if j < rem else 0)
+            pa = None if res.pa is None else res.pa + (iova & (PAGE_SIZE - 1))
+            batch.add((self._outcome(res), seg, rid), iova, pa, count, iova, iova + n * ws)
+            self._log(unit, res, rid, iova, count)
+        # materialise the last write of every position, in seq order
+        mem = self.machine.memory
+        ordered = [r for r in runs if r[0] >= rem] + [r for r in runs if r[0] < rem]
+        for j, n, iova, _page, res in ordered:
+            if res.pa is None:
+                continue
+            last_seq = seq0 + j + slots * (q if j < rem else q - 1)
+            pa = res.pa + (iova & (PAGE_SIZE - 1))
+            mem.write(pa, self.content(last_seq, n))
+            ctl.landed[pa >> 12] = Landing(self.hw_id, t1, self._outcome(res))
+        return True
+
+    def _exact(self, ctl: DmaController, seg: int, rid: int, seq0: int, due: int, t1: int,
+               batch: _Batch) -> None:
+        """Write-by-write step, re-walking whenever a write hits a table page."""
+        unit = self.machine.iommu.unit_for_segment(seg)
+        mem = self.machine.memory
+        memo: dict[int, Resolution] = {}
+        table_pfns: set[int] = set()
+        for seq in range(seq0, seq0 + due):
+            iova = self.iova_of(seq)
+            page = iova & ~(PAGE_SIZE - 1)
+            res = memo.get(page)
+            if res is None:
+                res = memo[page] = self._resolve(seg, rid, page)
+                table_pfns.update(t >> 12 for t in res.tables)
+            outcome = self._outcome(res)
+            pa = None if res.pa is None else res.pa + (iova - page)
+            batch.add((outcome, seg, rid), iova, pa, 1, iova, iova + self.write_size)
+            self._log(unit, res, rid, iova, 1)
+            if pa is not None:
+                mem.write(pa, self.content(seq))
+                ctl.landed[pa >> 12] = Landing(self.hw_id, t1, outcome)
+                if pa >> 12 in table_pfns:
+                    memo.clear()
+                    table_pfns.clear()
+
+    def _commit(self, ctl: DmaController, batch: _Batch, t0: int, t1: int) -> None:
+        if all(k in self._open for k in batch.acc):
+            for k, a in batch.acc.items():
+                rec = self._open[k]
+                rec.count += a.count
+                rec.last_time_ns = t1
+                rec.iova_lo = min(rec.iova_lo, a.lo)
+                rec.iova_hi = max(rec.iova_hi, a.hi)
+            return
+        self._open = {}
+        for (outcome, seg, rid), a in batch.acc.items():
+            rec = DmaRecord(t0, self.hw_id, seg, rid, a.iova, a.pa, outcome, a.count, t1,
+                            a.lo, a.hi)
+            ctl.records.append(rec)
+            self._open[(outcome, seg, rid)] = rec
+            if outcome != OUTCOME_TRANSLATED:
+                level = "info" if outcome in (OUTCOME_BLOCKED_BME, OUTCOME_UNROUTABLE) else "warn"
+                self.machine.emit("machine", "dma", outcome,
+                                  f"{self.hw_id}: DMA {outcome} from iova {a.iova:#x}", level,
+                                  hw_id=self.hw_id, segment=seg, rid=rid, iova=a.iova, pa=a.pa)
+
+
+class DmaController:
+    """Machine-wide owner of DMA engines, their records and landing map."""
+
+    def __init__(self, machine: DmaMachine, mode: str = "reset-at-freeze") -> None:
+        self.machine = machine
+        self.engines: dict[str, DmaEngine] = {}
+        self.records: list[DmaRecord] = []
+        self.landed: dict[int, Landing] = {}  # pfn -> last DMA write that reached it
+        self._mode = ""
+        self.mode = mode
+
+    @classmethod
+    def of(cls, machine: DmaMachine) -> DmaController:
+        """The machine's controller, created and attached as ``machine.dma`` if absent."""
+        ctl = getattr(machine, _ATTR, None)
+        if isinstance(ctl, DmaController):
+            return ctl
+        ctl = cls(machine)
+        setattr(machine, _ATTR, ctl)
+        return ctl
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"DMA mode {value!r} not one of {MODES}")
+        self._mode = value
+
+    def add(self, engine: DmaEngine) -> DmaEngine:
+        if engine.hw_id in self.engines:
+            raise ValueError(f"{engine.hw_id} already has a DMA engine")
+        if engine.machine is not self.machine:
+            raise ValueError(f"{engine.hw_id}: engine belongs to another machine")
+        engine.controller = self
+        self.engines[engine.hw_id] = engine
+        return engine
+
+    def remove(self, hw_id: str) -> DmaEngine | None:
+        engine = self.engines.pop(hw_id, None)
+        if engine is not None:
+            engine.stop()
+        return engine
+
+    def engine(self, hw_id: str) -> DmaEngine | None:
+        return self.engines.get(hw_id)
+
+    def run(self, duration_ns: int, step_ns: int = DEFAULT_STEP_NS) -> int:
+        """Advance the clock by ``duration_ns`` in steps, ticking every running
+        engine each step in hw_id order; return the number of writes issued."""
+        if duration_ns < 0 or step_ns <= 0:
+            raise ValueError("duration must be >= 0 and step > 0")
+        clock = self.machine.clock
+        issued = 0
+        remaining = duration_ns
+        while remaining > 0:
+            order = [e for _, e in sorted(self.engines.items()) if e.running]
+            dt = min(step_ns, remaining) if order else remaining
+            t0 = clock.now_ns
+            t1 = clock.advance(dt)
+            remaining -= dt
+            for e in order:
+                issued += e.tick(t0, t1)
+        return issued
+
+    def stop_all(self) -> None:
+        for e in self.engines.values():
+            e.stop()
+
+    def reset_device(self, hw_id: str) -> bool:
+        """A function-level reset quiesces the device's engine; True if one stopped."""
+        e = self.engines.get(hw_id)
+        if e is None or not e.running:
+            return False
+        e.stop()
+        return True
+
+    def freeze_device(self, hw_id: str) -> bool:
+        """vfio freeze: resets the device in ``reset-at-freeze`` mode (vfio
+        v4/v5), leaves DMA running in ``continuous`` mode; True if stopped."""
+        if self.mode == "continuous":
+            return False
+        return self.reset_device(hw_id)
+
+    def records_for(self, hw_id: str) -> list[DmaRecord]:
+        return [r for r in self.records if r.hw_id == hw_id]
+
+    def totals(self, hw_id: str | None = None) -> dict[str, int]:
+        """Writes per outcome (optionally for one device)."""
+        out: dict[str, int] = {}
+        for r in self.records:
+            if hw_id is None or r.hw_id == hw_id:
+                out[r.outcome] = out.get(r.outcome, 0) + r.count
+        return out

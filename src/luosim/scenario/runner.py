@@ -1,0 +1,249 @@
+"""Run a scenario step by step: boot, workload, preserve, kexec(s), retrieve,
+finish; check invariants after every step; classify the outcome.
+
+Nothing here prints: progress goes to ``on_phase`` and everything else into
+the returned :class:`RunResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import luosim.check.rules_core  # noqa: F401  (registers invariants)
+from luosim.check.invariants import CheckContext, Checker
+from luosim.errors import DeadKernelError, KernelError, KernelPanic, errname
+from luosim.faults import Fault
+from luosim.hw.machine import Machine
+from luosim.hw.memory import PAGE_SHIFT
+from luosim.scenario.result import DeviceResult, RunResult
+from luosim.scenario.schema import Scenario
+from luosim.userspace.agent import Agent
+from luosim.userspace.vmm import Vmm
+
+if TYPE_CHECKING:
+    from luosim.kernel.kernel import Kernel
+
+_rules_loaded = False
+
+
+def _load_rules() -> None:
+    global _rules_loaded
+    if _rules_loaded:
+        return
+    import importlib
+    for mod in ("luosim.check.rules_pci", "luosim.check.rules_iommu"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError:
+            pass
+    _rules_loaded = True
+
+
+class _Refused(Exception):
+    def __init__(self, step: str, exc: OSError) -> None:
+        super().__init__(step)
+        self.step = step
+        self.exc = exc
+
+
+class Run:
+    """State of one run (one fresh machine)."""
+
+    def __init__(self, scenario: Scenario, faults: tuple[Fault, ...],
+                 policy: Mapping[str, str] | None,
+                 on_phase: Callable[[str], None] | None) -> None:
+        self.scenario = scenario
+        self.policy = {**scenario.policy, **(policy or {})}
+        plan = tuple(dict.fromkeys(scenario.fault_plan() + tuple(faults)))
+        self.machine = Machine.from_topology(scenario.machine.topology(), faults=plan)
+        self.on_phase = on_phase
+        self.phases: list[tuple[str, int]] = []
+        self.ctx = CheckContext(self.machine)
+        self.checker = Checker(self.ctx)
+        self.kernel: Kernel | None = None
+        self.result = RunResult("ok")
+        self._phase_start = 0
+        self._phase_name: str | None = None
+        self.blackout_ns = int(scenario.workload.blackout_ms * 1e6)
+
+    # -- helpers --------------------------------------------------------------
+    def phase(self, name: str) -> None:
+        now = self.machine.clock.now_ns
+        if self._phase_name is not None:
+            self.phases.append((self._phase_name, now - self._phase_start))
+        self._phase_name, self._phase_start = name, now
+        self.machine.emit(self.kernel.name if self.kernel else "runner", "runner", "phase", name)
+        if self.on_phase is not None:
+            self.on_phase(name)
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run one userspace/kernel operation; errno -> refused; check invariants."""
+        try:
+            value = fn()
+        except KernelPanic:
+            raise
+        except DeadKernelError:
+            raise
+        except OSError as exc:
+            raise _Refused(name, exc) from None
+        self.checker.check(name)
+        return value
+
+    def run_dma(self, ns: int) -> None:
+        dma = getattr(self.machine, "dma", None)
+        if dma is not None and ns > 0:
+            dma.run(ns)
+        else:
+            self.machine.clock.advance(ns)
+
+    def pci_snapshot(self, k: Kernel, preserved: set[str]) -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = []
+        for dev in k.pci.devices():
+            parent = dev.bus.self_dev.hw.hw_id if dev.bus.self_dev is not None else None
+            nodes.append({"name": dev.hw.hw_id, "bdf": dev.name, "kind": dev.hw.kind,
+                          "parent": parent, "preserved": dev.hw.hw_id in preserved})
+        return nodes
+
+    # -- the run ----------------------------------------------------------------
+    def execute(self) -> RunResult:
+        _load_rules()
+        sc = self.scenario
+        try:
+            self._execute(sc)
+            self.result.outcome = "unsafe" if self.checker.broken else "ok"
+        except KernelPanic as p:
+            self.checker.check("panic")
+            self.result.panic = p.message
+            self.result.outcome = "unsafe" if self.checker.broken else "panic"
+        except _Refused as r:
+            self.checker.check(r.step)
+            code = r.exc.errno or 0
+            self.result.failed_step = r.step
+            self.result.error = f"{r.step}: {errname(code)} ({r.exc.strerror or r.exc})"
+            self.result.outcome = "unsafe" if self.checker.broken else "refused"
+        self.phase("done")
+        self.result.phases = [(n, ns) for n, ns in self.phases if n != "done"]
+        self.result.invariants = self.checker.results()
+        self.result.events = [e.as_dict() for e in self.machine.events]
+        self.result.reached = self.machine.faults.reached.copy()
+        self.result.fired = [f.label() for f, _ctx in self.machine.faults.fired]
+        dma = getattr(self.machine, "dma", None)
+        if dma is not None:
+            self.result.stats["dma_records"] = len(dma.records)
+        return self.result
+
+    def _execute(self, sc: Scenario) -> None:
+        before = sc.kernels.before
+        self.phase(f"boot {before.profile}")
+        k = self.machine.boot(before.profile, before.cmdline, self.policy)
+        self.kernel = self.ctx.kernel = k
+        self.ctx.liveupdate_numbers.append(k.liveupdate.liveupdate_number_in)
+        self.checker.check("boot")
+        for name in sc.workload.hot_add:
+            self.phase(f"hot-add {name}")
+            self.step(f"hot-add {name}", lambda n=name: k.pci.hot_add(n))  # type: ignore[misc]
+
+        self.phase("start VMs")
+        vmm = Vmm(k)
+        for i, vm in enumerate(sc.workload.vms):
+            devices = []
+            for dname in vm.devices:
+                dev = k.pci.find_hw(dname)
+                if dev is None:
+                    raise _Refused(f"start {vm.name}", KernelError(19, f"{dname} not enumerated"))
+                devices.append((dname, dev.name))
+            dma = vm.dma.model_dump() if vm.dma else None
+            self.step(f"start {vm.name}", lambda v=vm, d=devices, m=dma, s=i: vmm.create_vm(  # type: ignore[misc]
+                v.name, v.memory, v.folio_order, d, m, seed=0x5EED0000 + s))
+            self.ctx.device_vm.update({d: vm.name for d in vm.devices})
+        self._track_ram(vmm)
+        self.phase("guest running")
+        self.run_dma(10_000_000)
+        self.checker.check("guest running")
+
+        agent = Agent(k, sc.update.sessions, sc.update.preserve)
+        self.phase("preserve")
+        self.step("preserve", lambda: agent.preserve(vmm))
+        self.ctx.phase = "preserved"
+        self.ctx.preserved_bdfs = {p.obj: next(d.bdf for v in vmm.vms for d in v.devices
+                                               if d.name == p.obj)
+                                   for p in agent.preserved if p.kind == "vfio"}
+        preserved_names = set(self.ctx.preserved_bdfs)
+        self.result.pci_before = self.pci_snapshot(k, preserved_names)
+        bdf_before = {n["name"]: n["bdf"] for n in self.result.pci_before}
+
+        for n, after in enumerate(sc.kernels.after):
+            self.phase(f"freeze + kexec to {after.profile}")
+            self.step("quiesce VMs", vmm.quiesce_for_update)
+            hook = self._blackout_hook()
+            self.machine.stage_hooks.append(hook)
+            try:
+                k2 = self.step(f"reboot(KEXEC) #{n + 1}",
+                               lambda a=after, kk=k: kk.kexec(a.profile, a.cmdline,  # type: ignore[misc]
+                                                              self.policy))
+            finally:
+                self.machine.stage_hooks.remove(hook)
+            k = k2
+            self.kernel = self.ctx.kernel = k
+            self.ctx.kexecs += 1
+            self.ctx.phase = "after-kexec"
+            self.ctx.liveupdate_numbers.append(k.liveupdate.liveupdate_number_in)
+            self.checker.check("boot after kexec")
+            self.phase("retrieve + finish")
+            vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
+                kk, old, sc.update.finish))
+            for vm in vmm.vms:
+                if vm.name in self.ctx.ram:
+                    self.ctx.ram[vm.name] = (self.ctx.ram[vm.name][0], vm.ram_fingerprint)
+            self.ctx.phase = "finished" if sc.update.finish else "after-kexec"
+            self.ctx.extra["pending_pages"] = self._pending_pages(k)
+            self.checker.check("finish")
+            self.phase("guest running")
+            self.run_dma(10_000_000)
+            self.checker.check("guest running after update")
+            if n + 1 < len(sc.kernels.after):
+                self.phase("preserve again")
+                self._track_ram(vmm)
+                self.ctx.phase = "preserved"
+                self.step("carry forward", lambda v=vmm: agent.carry_forward(v))  # type: ignore[misc]
+
+        self.result.pci_after = self.pci_snapshot(k, preserved_names)
+        after_map = {n["name"]: n["bdf"] for n in self.result.pci_after}
+        self.result.devices = [DeviceResult(name, bdf_before.get(name), after_map.get(name),
+                                            name in preserved_names)
+                               for name in sorted(set(bdf_before) | set(after_map))]
+        self.result.preserved_objects = [p.as_dict() for p in agent.preserved]
+
+    def _blackout_hook(self) -> Callable[[str], None]:
+        slices = {"kexec-jump": 0.5, "pci-enumerated": 0.25, "iommu-ready": 0.25}
+
+        def hook(stage: str) -> None:
+            share = slices.get(stage)
+            if share:
+                self.run_dma(int(self.blackout_ns * share))
+                self.checker.check(f"DMA during blackout ({stage})")
+        return hook
+
+    def _track_ram(self, vmm: Vmm) -> None:
+        for vm in vmm.vms:
+            if vm.ram is None:
+                continue
+            self.ctx.ram[vm.name] = (vm.ram.fingerprint(), None)
+            pfns: set[int] = set()
+            for _idx, pa, order in vm.ram.folios():
+                first = pa >> PAGE_SHIFT
+                pfns.update(range(first, first + (1 << order)))
+            self.ctx.ram_pfns[vm.name] = frozenset(pfns)
+
+    def _pending_pages(self, k: Kernel) -> int:
+        """Preserved pages that belong to sessions left pending by design."""
+        return int(k.liveupdate.pending_preserved_pages()) \
+            if hasattr(k.liveupdate, "pending_preserved_pages") else -1
+
+
+def run(scenario: Scenario, *, faults: tuple[Fault, ...] = (),
+        policy: Mapping[str, str] | None = None,
+        on_phase: Callable[[str], None] | None = None) -> RunResult:
+    """Run ``scenario`` once on a fresh machine (deterministic)."""
+    return Run(scenario, faults, policy, on_phase).execute()

@@ -1,0 +1,170 @@
+"""The live-update agent: the single owner of /dev/liveupdate.
+
+Before kexec it creates sessions and preserves each VM's files in the
+order the kernel requires (memfd, then iommufd, then vfio cdevs, spec
+pci.md §7.3 and §8), keeps the session fds open through reboot(KEXEC), and
+after kexec retrieves and finishes.  IOMMU live update phase 1 cannot
+retrieve an iommufd (pci.md §7.4.4), so each VM's iommufd goes into its
+own session that stays pending in the new kernel, by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from luosim.userspace.vmm import Vm, Vmm
+
+if TYPE_CHECKING:
+    from luosim.kernel.kernel import Kernel
+    from luosim.kernel.liveupdate.uapi import LiveupdateDevice, Session
+
+TOKEN_RAM = 1
+TOKEN_IOMMUFD = 2
+TOKEN_DEVICE_BASE = 0x100
+
+
+@dataclass
+class Preserved:
+    """One preserved object as the agent tracks it (for reports and checks)."""
+
+    session: str
+    token: int
+    kind: str  # memfd | iommufd | vfio
+    obj: str  # VM RAM name or device name
+    vm: str
+    state: str = "preserved"
+    fingerprint: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"session": self.session, "token": f"{self.token:#x}", "kind": self.kind,
+                "object": self.obj, "state": self.state}
+
+
+@dataclass
+class Agent:
+    kernel: Kernel
+    sessions_mode: str = "per-vm"
+    preserve_mode: str = "all"
+    preserved: list[Preserved] = field(default_factory=list)
+    _sessions: dict[str, Session] = field(default_factory=dict)
+    _dev: LiveupdateDevice | None = None
+
+    def _emit(self, kind: str, detail: str, **data: Any) -> None:
+        self.kernel.machine.emit(self.kernel.name, "agent", kind, detail, **data)
+
+    def _session(self, name: str) -> Session:
+        s = self._sessions.get(name)
+        if s is None:
+            assert self._dev is not None
+            s = self._dev.create_session(name)
+            self._sessions[name] = s
+            self._emit("create-session", f"created session {name!r}")
+        return s
+
+    def _token(self, vmm: Vmm, vm: Vm, base: int) -> int:
+        """Tokens are unique per session; one shared session adds the VM index."""
+        return base if self.sessions_mode == "per-vm" else base + (vmm.vms.index(vm) << 16)
+
+    def _names(self, vm: Vm) -> tuple[str, str]:
+        if self.sessions_mode == "single":
+            return "luosim", "luosim-iommu"
+        return vm.name, f"{vm.name}-iommu"
+
+    def preserve(self, vmm: Vmm) -> None:
+        """Open /dev/liveupdate and preserve every VM in dependency order."""
+        if self.preserve_mode == "none":
+            return
+        self._dev = self.kernel.open_liveupdate()
+        for vm in vmm.vms:
+            main, iommu = self._names(vm)
+            s = self._session(main)
+            assert vm.ram is not None
+            token = self._token(vmm, vm, TOKEN_RAM)
+            s.preserve_fd(vm.ram, token)
+            self.preserved.append(Preserved(main, token, "memfd", f"{vm.name}-ram", vm.name,
+                                            fingerprint=vm.ram_fingerprint))
+            self._emit("preserve", f"{vm.name}: guest RAM memfd ({vm.memory >> 20} MiB) "
+                       f"in session {main!r}")
+            if self.preserve_mode != "all" or not vm.devices:
+                continue
+            if vm.iommufd is not None:
+                si = self._session(iommu)
+                token = self._token(vmm, vm, TOKEN_IOMMUFD)
+                si.preserve_fd(vm.iommufd, token)
+                self.preserved.append(Preserved(iommu, token, "iommufd", f"{vm.name}-iommufd",
+                                                vm.name))
+                self._emit("preserve", f"{vm.name}: iommufd (HWPT token {vm.hwpt_token:#x}) "
+                           f"in session {iommu!r}")
+            # without a preserved iommufd the kernel refuses the cdev: let it say how
+            for i, d in enumerate(vm.devices):
+                assert d.file is not None
+                token = self._token(vmm, vm, TOKEN_DEVICE_BASE + i)
+                s.preserve_fd(d.file, token)
+                self.preserved.append(Preserved(main, token, "vfio", d.name, vm.name))
+                self._emit("preserve", f"{vm.name}: vfio device {d.name} at {d.bdf}")
+        # the agent closes /dev/liveupdate but keeps the session fds (selftest daemon)
+        self._dev.close()
+        self._dev = None
+
+    def retrieve_and_finish(self, kernel: Kernel, vmm_old: Vmm, finish: bool) -> Vmm:
+        """In the new kernel: retrieve every session but the pending iommufd ones,
+        verify guest RAM, restart DMA on retrieved devices, then FINISH."""
+        self.kernel = kernel
+        new = Vmm(kernel)
+        if self.preserve_mode == "none":
+            return new
+        dev = kernel.open_liveupdate()
+        by_session: dict[str, list[Preserved]] = {}
+        for p in self.preserved:
+            by_session.setdefault(p.session, []).append(p)
+        retrieved: dict[str, Session] = {}
+        vms: dict[str, Vm] = {}
+        for name, items in by_session.items():
+            if all(p.kind == "iommufd" for p in items):
+                for p in items:
+                    p.state = "pending (iommufd retrieval is IOMMU phase 2)"
+                self._emit("leave-pending", f"session {name!r} left for the IOMMU FLB "
+                           "(DMA ownership stays with the preserved token)")
+                continue
+            s = dev.retrieve_session(name)
+            retrieved[name] = s
+            self._emit("retrieve-session", f"retrieved session {name!r}")
+            for p in items:
+                old = next(v for v in vmm_old.vms if v.name == p.vm)
+                vm = vms.setdefault(p.vm, Vm(old.name, old.memory, old.folio_order, dma=old.dma,
+                                             hwpt_token=old.hwpt_token))
+                f = s.retrieve_fd(p.token)
+                p.state = "retrieved"
+                if p.kind == "memfd":
+                    vm.ram = f  # type: ignore[assignment]
+                    vm.ram_fingerprint = f.fingerprint()  # type: ignore[attr-defined]
+                    self._emit("retrieve", f"{p.vm}: guest RAM memfd back "
+                               f"({vm.memory >> 20} MiB)")
+                elif p.kind == "vfio":
+                    assign = next(d for d in old.devices if d.name == p.obj)
+                    from luosim.userspace.vmm import DeviceAssignment
+                    vm.devices.append(DeviceAssignment(p.obj, assign.bdf, f))  # type: ignore[arg-type]
+                    self._emit("retrieve", f"{p.vm}: vfio device {p.obj}")
+        new.vms = list(vms.values())
+        for vm in new.vms:
+            new.start_dma(vm)
+        if finish:
+            for name, s in retrieved.items():
+                s.finish()
+                for p in by_session[name]:
+                    p.state = "finished"
+                self._emit("finish", f"finished session {name!r}")
+        dev.close()
+        return new
+
+    def carry_forward(self, vmm: Vmm) -> None:
+        """Before a further kexec: preserve the retrieved (finished) files again in
+        new outgoing sessions (spec luo.md §1.3: nothing is carried automatically)."""
+        pending = [p for p in self.preserved if p.kind == "iommufd"]
+        self.preserved = []
+        self._sessions = {}
+        self.preserve(vmm)
+        self.preserved.extend(pending)
+
+
