@@ -7,8 +7,9 @@ Public surface (../shared/DESIGN.md "Public Python API")::
     k = m.boot("v6")
 """
 
-from luosim.errors import DecodeErrorLike, KernelError, KernelPanic
+from luosim.abi.errors import DecodeError
+from luosim.errors import KernelError, KernelPanic
 from luosim.hw.machine import Machine
 
-__all__ = ["DecodeErrorLike", "KernelError", "KernelPanic", "Machine"]
+__all__ = ["DecodeError", "KernelError", "KernelPanic", "Machine"]
 __version__ = "0.1.0"

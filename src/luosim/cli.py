@@ -82,8 +82,9 @@ def demo(policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
     from importlib.resources import files
     pol = parse_policy(policy)
     ref = files("luosim").joinpath("data/reference-host.yaml")
-    from luosim.scenario.schema import scenario_from_dict
     import yaml
+
+    from luosim.scenario.schema import scenario_from_dict
     scenario = scenario_from_dict(yaml.safe_load(ref.read_text()), "reference-host.yaml")
     _run_and_report(scenario, pol, (), as_json, "reference host")
 

@@ -68,6 +68,3 @@ def errno_value(name: str) -> int:
         raise ValueError(f"unknown errno name {name!r}")
     return val
 
-
-# re-exported so users can catch corrupt hand-over decoding without importing abi/
-from luosim.abi.errors import DecodeError as DecodeErrorLike  # noqa: E402

@@ -39,7 +39,7 @@ def test_one_gib_of_folios_survives_kexec_and_unpreserved_page_is_scrubbed(
 
     kd = kho.handover()
     machine.kexec_jump(kd)
-    k2, kho2 = _boot(machine, kd)
+    _k2, kho2 = _boot(machine, kd)
 
     assert kho2.is_kho_boot
     assert all(kho2.restore_folio(pa) == 9 for pa in folios)
@@ -68,7 +68,7 @@ def test_restoring_memory_that_was_not_preserved_warns_and_fails(machine: Machin
 
 def test_restore_twice_fails_the_second_time(machine: Machine) -> None:
     """kho_restore_page() clears page->private so a second restore errors out."""
-    k, kho = _boot(machine, None)
+    _k, kho = _boot(machine, None)
     pa = kho.alloc_preserve(3 * PAGE_SIZE)  # order 2
     kd = kho.handover()
     machine.kexec_jump(kd)

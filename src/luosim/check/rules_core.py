@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from luosim.check.invariants import CheckContext, invariant
 from luosim.hw.memory import PAGE_SHIFT
 
@@ -43,7 +45,7 @@ def tokens_once(ctx: CheckContext) -> str | None:
            "luo.md §1.3 (liveupdate-number: out = in + 1)")
 def liveupdate_number_monotonic(ctx: CheckContext) -> str | None:
     nums = ctx.liveupdate_numbers
-    for a, b in zip(nums, nums[1:]):
+    for a, b in itertools.pairwise(nums):
         if b != a + 1:
             return f"liveupdate-number went {a} -> {b}"
     return None

@@ -157,7 +157,7 @@ class Machine:
                         lambda pa: self.memory.read(pa, PAGE_SIZE), root.mem_map_pa,
                         self.memory.size, on_node=nodes.append):
                     size = PAGE_SIZE << order
-                    if 0 <= pa and pa + size <= self.memory.size:
+                    if pa >= 0 and pa + size <= self.memory.size:
                         keep.append((pa, size))
                         preserved_pages += 1 << order
                 keep.extend((n, PAGE_SIZE) for n in nodes)

@@ -28,7 +28,6 @@ from luosim.kernel.profiles import Profile, get_profile
 if TYPE_CHECKING:
     from luosim.hw.machine import Machine
     from luosim.kernel.iommu.core import IommuSubsystem
-    from luosim.kernel.iommu.iommufd import Iommufd
     from luosim.kernel.liveupdate.core import LuoCore
     from luosim.kernel.liveupdate.uapi import LiveupdateDevice
     from luosim.kernel.mm.memfd import MemfdFile, MemfdSubsystem

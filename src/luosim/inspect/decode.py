@@ -1,0 +1,149 @@
+"""Decode hand-over blobs: KHO root FDT, LUO FDT or struct, PCI FLB data,
+memfd records, ``kho_data``.  A corrupt blob is classified, never a crash.
+
+Real kernels expose these under /sys/kernel/debug/kho/{in,out}/ (the root
+``fdt`` and ``sub_fdts/*``); luosim writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.tree import Tree
+
+from luosim.abi import kho as kho_abi
+from luosim.abi import luo as luo_abi
+from luosim.abi import memfd as memfd_abi
+from luosim.abi import pci as pci_abi
+from luosim.abi.errors import DecodeError
+
+FDT_MAGIC = b"\xd0\x0d\xfe\xed"
+KINDS = ("auto", "kho-fdt", "luo-fdt", "luo-ser", "pci-v6", "pci-v7", "pci-v9", "memfd",
+         "kho-data")
+
+
+class InspectError(Exception):
+    def __init__(self, classification: str, message: str) -> None:
+        super().__init__(message)
+        self.classification = classification
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[f.name] = hex(v) if f.name.endswith(("pa", "phys", "files", "devices", "first",
+                                                     "next", "data")) else v
+        elif isinstance(v, bytes):
+            out[f.name] = v.hex()
+        elif isinstance(v, (list, tuple)):
+            out[f.name] = [_fields(x) if dataclasses.is_dataclass(x) else x for x in v]
+        else:
+            out[f.name] = v
+    return out
+
+
+def _fdt_compatible(data: bytes) -> str:
+    from luosim.abi.fdt import parse
+    view = parse("fdt", data)
+    try:
+        return view.prop_str("/", "compatible")
+    except DecodeError:
+        return ""
+
+
+def _kho_fdt(data: bytes) -> dict[str, Any]:
+    root = kho_abi.decode_root_fdt(data)
+    return {"kind": "kho-fdt", "compatible": root.compatible,
+            "preserved-memory-map": hex(root.mem_map_pa),
+            "subtrees": {k: hex(v) for k, v in root.subtrees.items()}}
+
+
+def _luo_fdt(data: bytes) -> dict[str, Any]:
+    fdt = luo_abi.decode_luo_fdt(data, require_flb=False)
+    out = {"kind": "luo-fdt", "compatible": luo_abi.LUO_FDT_COMPATIBLE}
+    out.update(_fields(fdt))
+    return out
+
+
+def _luo_ser(data: bytes) -> dict[str, Any]:
+    ser = luo_abi.decode_luo_v5(data)
+    return {"kind": "luo-ser", **_fields(ser)}
+
+
+def _pci(version: str) -> Callable[[bytes], dict[str, Any]]:
+    def decode(data: bytes) -> dict[str, Any]:
+        cls = {"pci-v6": pci_abi.PciSerV6, "pci-v7": pci_abi.PciSerV7,
+               "pci-v9": pci_abi.PciSerV9}[version]
+        ser = cls.decode(data)
+        return {"kind": version, **_fields(ser)}
+    return decode
+
+
+def _memfd(data: bytes) -> dict[str, Any]:
+    cls: Any = memfd_abi.MemfdLuoSerV2 if len(data) >= memfd_abi.MemfdLuoSerV2.SIZE \
+        else memfd_abi.MemfdLuoSerV1
+    return {"kind": "memfd", **_fields(cls.decode(data))}
+
+
+def _kho_data(data: bytes) -> dict[str, Any]:
+    return {"kind": "kho-data", **_fields(kho_abi.KhoData.decode(data))}
+
+
+DECODERS: dict[str, Callable[[bytes], dict[str, Any]]] = {
+    "kho-fdt": _kho_fdt, "luo-fdt": _luo_fdt, "luo-ser": _luo_ser, "pci-v6": _pci("pci-v6"),
+    "pci-v7": _pci("pci-v7"), "pci-v9": _pci("pci-v9"), "memfd": _memfd, "kho-data": _kho_data,
+}
+
+
+def detect(data: bytes) -> str:
+    """Guess a blob's kind from its magic or compatible string."""
+    if data[:4] == FDT_MAGIC:
+        compat = _fdt_compatible(data)
+        if compat.startswith("kho-"):
+            return "kho-fdt"
+        if compat.startswith("luo-"):
+            return "luo-fdt"
+        raise InspectError("unknown-fdt", f"FDT with unknown root compatible {compat!r}")
+    if data[:3] == b"luo":
+        return "luo-ser"
+    if len(data) == kho_abi.KhoData.SIZE:
+        return "kho-data"
+    raise InspectError("unknown", "not an FDT, LUO struct or kho_data: pass --as KIND "
+                                  f"({', '.join(KINDS[1:])})")
+
+
+def decode_blob(data: bytes, kind: str = "auto") -> dict[str, Any]:
+    if kind not in KINDS:
+        raise InspectError("bad-argument", f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
+    try:
+        if kind == "auto":
+            kind = detect(data)
+        return DECODERS[kind](data)
+    except DecodeError as exc:
+        raise InspectError(exc.kind, str(exc)) from None
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    tree = Tree(f"[bold]{report.get('kind', 'blob')}[/]")
+
+    def add(node: Tree, value: Any, label: str) -> None:
+        if isinstance(value, dict):
+            sub = node.add(label)
+            for k, v in value.items():
+                add(sub, v, str(k))
+        elif isinstance(value, list):
+            sub = node.add(f"{label} [{len(value)}]")
+            for i, v in enumerate(value):
+                add(sub, v, f"[{i}]")
+        else:
+            node.add(f"{label} = {value}")
+
+    for k, v in report.items():
+        if k != "kind":
+            add(tree, v, k)
+    console.print(tree)
