@@ -219,6 +219,12 @@ class Run:
         slices = {"kexec-jump": 0.5, "pci-enumerated": 0.25, "iommu-ready": 0.25}
 
         def hook(stage: str) -> None:
+            if stage == "kexec-jump":
+                for name in self.scenario.update.reset_bridges:
+                    func = self.machine.pci.find(name)
+                    self.machine.pci.lose_bus_config(func)
+                    self.machine.emit("machine", "pci", "bridge-reset",
+                                      f"{name} lost its bus numbers during the kexec")
             share = slices.get(stage)
             if share:
                 self.run_dma(int(self.blackout_ns * share))

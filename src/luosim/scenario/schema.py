@@ -248,6 +248,8 @@ class UpdateSpec(_Model):
     sessions: Literal["per-vm", "single"] = "per-vm"
     preserve: Literal["all", "memory-only", "none"] = "all"
     finish: bool = True
+    # bridges whose bus registers are cleared during the kexec (lost configuration)
+    reset_bridges: list[str] = Field(default_factory=list)
 
 
 class ExpectSpec(_Model):
@@ -292,6 +294,12 @@ class Scenario(_Model):
         for dev in self.workload.hot_add:
             if dev not in known:
                 raise ValueError(f"workload.hot_add: no device named {dev!r} in machine")
+        bridges = {d.name for d in iter_devices(self.machine)
+                   if d.name and d.kind != "endpoint"} | {
+            p.name for d in iter_devices(self.machine) for p in d.ports if p.name}
+        for dev in self.update.reset_bridges:
+            if dev not in bridges:
+                raise ValueError(f"update.reset_bridges: no bridge named {dev!r} in machine")
         return self
 
     def fault_plan(self) -> tuple[Fault, ...]:
@@ -306,8 +314,8 @@ def _loc(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("function-after", "function-before", "function-plain") or \
-                str(part).startswith(("int", "str", "bool", "float", "list", "dict")) and \
-                "[" in str(part):
+                (str(part).startswith(("int", "str", "bool", "float", "list", "dict")) and \
+                "[" in str(part)):
             continue
         else:
             out += f".{part}" if out else str(part)
