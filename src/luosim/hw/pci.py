@@ -330,8 +330,9 @@ class _Builder:
         slot = _int(spec["slot"], f"{where}.slot", 0, 31)
         owner = wire.owner
         if port:
+            # a port is always a downstream port; tolerate what schema defaults write
             kind_raw = spec.get("kind", "downstream-port")
-            if kind_raw not in ("downstream-port", "endpoint"):  # "endpoint": schema default
+            if kind_raw not in ("downstream-port", "endpoint", "bridge", "root-port"):
                 raise ValueError(f"{where}.kind: a switch port is a downstream port, "
                                  f"got {kind_raw!r}")
             for key in ("ports", "functions", "sriov"):
@@ -650,7 +651,9 @@ class PciHardware:
         Absent cards are not numbered.  ``firmware_bus`` overrides are applied
         last (to model misconfigured firmware).  Called once by from_topology.
         """
-        for f in self._by_id.values():
+        for f in list(self._by_id.values()):
+            if f.is_virtfn:
+                continue
             f.power_on_defaults()
             if f.num_vfs:
                 self._set_vfs(f, 0)
@@ -716,6 +719,8 @@ class PciHardware:
         f = self.find(hw_id)
         if f.is_virtfn:
             raise ValueError(f"{hw_id}: a VF cannot be hot-added")
+        if f.present:
+            raise ValueError(f"{hw_id}: already present")
         for g in f.card:
             g.power_on_defaults()
             if g.num_vfs:
@@ -730,6 +735,8 @@ class PciHardware:
         f = self.find(hw_id)
         if f.is_virtfn:
             raise ValueError(f"{hw_id}: a VF cannot be hot-removed")
+        if not f.present:
+            raise ValueError(f"{hw_id}: not present")
         for g in f.card:
             g.present = False
             if g.num_vfs:

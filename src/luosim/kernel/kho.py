@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import struct
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,17 @@ FP_HANDOVER = point("kho.handover", ("corrupt:root-compatible", "corrupt:mem-map
                     "the hand-over FDT or radix tree is corrupted in memory before kexec")
 
 
+def _caller_module() -> str:
+    """The first kernel module up the stack that is not KHO itself."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if mod != __name__:
+            return str(mod).removeprefix("luosim.kernel.")
+        frame = frame.f_back  # type: ignore[assignment]
+    return "?"
+
+
 def blocks(pfn: int, end_pfn: int) -> Iterator[tuple[int, int]]:
     """Split [pfn, end_pfn) the way ``kho_preserve_pages()`` does."""
     while pfn < end_pfn:
@@ -71,6 +83,9 @@ class Kho:
         self.enabled = not kernel.cmdline_has("kho=off")
         # outgoing: the radix tree's content, (pfn, order) pairs
         self.preserved: set[tuple[int, int]] = set()
+        # which kernel module preserved each block: an observer's annotation
+        # (not part of the hand-over) so checks can tell pending from leaked
+        self.owner: dict[tuple[int, int], str] = {}
         self.subtrees: dict[str, int] = {}  # name -> phys, in insertion order
         self.finalized = False
         # incoming
@@ -200,6 +215,7 @@ class Kho:
     def _add(self, pfn: int, order: int) -> None:
         self.kernel.machine.faults.check(FP_PRESERVE, f"pfn {pfn:#x} order {order}")
         self.preserved.add((pfn, order))
+        self.owner[(pfn, order)] = _caller_module()
 
     def _del(self, pfn: int, order: int) -> None:
         if (pfn, order) not in self.preserved:
@@ -417,6 +433,7 @@ class Kho:
         self.finalized = True
         fdt_pa = k.mm.alloc_pages(0)
         self.preserved.add((fdt_pa >> PAGE_SHIFT, 0))
+        self.owner[(fdt_pa >> PAGE_SHIFT, 0)] = "kho"
         scratch_pa = k.mm.alloc_pages(0)
         scratch_blob = b"".join(s.encode() for s in self.scratch)
         self.mem.write(scratch_pa, scratch_blob)

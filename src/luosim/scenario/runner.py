@@ -197,7 +197,6 @@ class Run:
                 if vm.name in self.ctx.ram:
                     self.ctx.ram[vm.name] = (self.ctx.ram[vm.name][0], vm.ram_fingerprint)
             self.ctx.phase = "finished" if sc.update.finish else "after-kexec"
-            self.ctx.extra["pending_pages"] = self._pending_pages(k)
             self.checker.check("finish")
             self.phase("guest running")
             self.run_dma(10_000_000)
@@ -220,6 +219,9 @@ class Run:
 
         def hook(stage: str) -> None:
             if stage == "kexec-jump":
+                old = self.machine.current  # still the old kernel: it just jumped
+                if old is not None:  # observer's note of who preserved what
+                    self.ctx.extra["owners"] = dict(old.kho.owner)
                 for name in self.scenario.update.reset_bridges:
                     func = self.machine.pci.find(name)
                     self.machine.pci.lose_bus_config(func)
@@ -242,10 +244,6 @@ class Run:
                 pfns.update(range(first, first + (1 << order)))
             self.ctx.ram_pfns[vm.name] = frozenset(pfns)
 
-    def _pending_pages(self, k: Kernel) -> int:
-        """Preserved pages that belong to sessions left pending by design."""
-        return int(k.liveupdate.pending_preserved_pages()) \
-            if hasattr(k.liveupdate, "pending_preserved_pages") else -1
 
 
 def run(scenario: Scenario, *, faults: tuple[Fault, ...] = (),

@@ -62,6 +62,35 @@ class BusRegs(_Model):
     subordinate: int = Field(ge=0, le=255)
 
 
+class PortSpec(_Model):
+    """A switch downstream port: a bridge on the switch's internal bus."""
+
+    slot: int = Field(ge=0, le=31)
+    name: str | None = Field(default=None, min_length=1, max_length=48,
+                             pattern=r"^[A-Za-z0-9_.-]+$")
+    vendor: HexInt = 0x8086
+    device: HexInt = 0x0000
+    acs: bool | None = None
+    ari: bool = False
+    hotplug: bool = False
+    present: bool = True
+    firmware_bus: BusRegs | None = None
+    children: list[DeviceSpec] = Field(default_factory=list)
+
+    @field_validator("vendor", "device")
+    @classmethod
+    def _ids(cls, v: HexInt) -> int:
+        val = _hex(v, "id")
+        if not 0 <= val <= 0xFFFF:
+            raise ValueError(f"expected a 16-bit id, got {v!r}")
+        return val
+
+    @model_validator(mode="after")
+    def _bus(self) -> PortSpec:
+        _check_bus("children", self.children)
+        return self
+
+
 class DeviceSpec(_Model):
     """One PCI function (or multi-function device) on a bus."""
 
@@ -79,7 +108,7 @@ class DeviceSpec(_Model):
     sriov: SriovSpec | None = None
     firmware_bus: BusRegs | None = None
     children: list[DeviceSpec] = Field(default_factory=list)
-    ports: list[DeviceSpec] = Field(default_factory=list)
+    ports: list[PortSpec] = Field(default_factory=list)
     needs_acs_quirk: bool = False
 
     @field_validator("vendor", "device")
@@ -170,14 +199,15 @@ class MachineSpec(_Model):
         return self.model_dump(mode="python", exclude_none=True)
 
 
-def iter_devices(machine: MachineSpec) -> list[DeviceSpec]:
-    out: list[DeviceSpec] = []
+def iter_devices(machine: MachineSpec) -> list[DeviceSpec | PortSpec]:
+    out: list[DeviceSpec | PortSpec] = []
 
-    def walk(devs: list[DeviceSpec]) -> None:
+    def walk(devs: list[DeviceSpec] | list[PortSpec]) -> None:
         for d in devs:
             out.append(d)
             walk(d.children)
-            walk(d.ports)
+            if isinstance(d, DeviceSpec):
+                walk(d.ports)
 
     for seg in machine.segments:
         walk(seg.devices)
@@ -286,7 +316,13 @@ class Scenario(_Model):
     @model_validator(mode="after")
     def _references(self) -> Scenario:
         known = {d.name for d in iter_devices(self.machine) if d.name}
+        endpoints = {d.name for d in iter_devices(self.machine)
+                     if d.name and isinstance(d, DeviceSpec) and d.kind == "endpoint"}
         for i, vm in enumerate(self.workload.vms):
+            for dev in vm.devices:
+                if dev in known and dev not in endpoints:
+                    raise ValueError(f"workload.vms[{i}].devices: {dev!r} is a bridge, "
+                                     "not an endpoint that vfio-pci can own")
             for dev in vm.devices:
                 if dev not in known:
                     raise ValueError(f"workload.vms[{i}].devices: no device named {dev!r} "
@@ -295,8 +331,7 @@ class Scenario(_Model):
             if dev not in known:
                 raise ValueError(f"workload.hot_add: no device named {dev!r} in machine")
         bridges = {d.name for d in iter_devices(self.machine)
-                   if d.name and d.kind != "endpoint"} | {
-            p.name for d in iter_devices(self.machine) for p in d.ports if p.name}
+                   if d.name and (isinstance(d, PortSpec) or d.kind != "endpoint")}
         for dev in self.update.reset_bridges:
             if dev not in bridges:
                 raise ValueError(f"update.reset_bridges: no bridge named {dev!r} in machine")
@@ -380,3 +415,7 @@ def load_scenario(path: str | Path) -> Scenario:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(str(p), [f"{where}YAML syntax error: {problem}"]) from None
     return scenario_from_dict(data, str(p))
+
+
+DeviceSpec.model_rebuild()
+PortSpec.model_rebuild()
