@@ -47,7 +47,7 @@ class Fault:
         return fault
 
     def validate(self) -> None:
-        fp = REGISTRY.get(self.point)
+        fp = REGISTRY.get(self.point) or load_catalog().get(self.point)
         if fp is None:
             raise ValueError(f"unknown fault point {self.point!r}")
         if self.effect not in fp.effects:
@@ -58,6 +58,37 @@ class Fault:
 
 
 REGISTRY: dict[str, FaultPoint] = {}
+
+# modules that declare fault points at import time
+_DECLARING_MODULES = (
+    "luosim.kernel.kho",
+    "luosim.kernel.liveupdate.core",
+    "luosim.kernel.liveupdate.file",
+    "luosim.kernel.liveupdate.flb",
+    "luosim.kernel.mm.memfd",
+    "luosim.kernel.pci.probe",
+    "luosim.kernel.pci.liveupdate",
+    "luosim.kernel.iommu.core",
+    "luosim.kernel.iommu.liveupdate",
+    "luosim.kernel.iommu.iommufd",
+    "luosim.kernel.vfio.pci",
+)
+
+
+def load_catalog() -> dict[str, FaultPoint]:
+    """Import every module that declares fault points; return the registry.
+
+    Points declared per registered handler or FLB (``luo.file.<compat>.<op>``)
+    appear once a kernel has booted and registered them.
+    """
+    import importlib
+    for mod in _DECLARING_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+    return REGISTRY
 
 
 def point(name: str, effects: tuple[str, ...] | list[str], doc: str) -> str:
