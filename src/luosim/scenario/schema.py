@@ -172,8 +172,8 @@ class SegmentSpec(_Model):
 
 
 class MachineSpec(_Model):
-    memory: int | str = "16GiB"
-    kho_scratch: int | str = "64MiB"
+    memory: int | str = 16 << 30
+    kho_scratch: int | str = 64 << 20
     segments: list[SegmentSpec] = Field(default_factory=list)
 
     @field_validator("memory", "kho_scratch")
@@ -233,7 +233,7 @@ class KernelsSpec(_Model):
 
 class DmaSpec(_Model):
     rate_per_ms: float = Field(default=10.0, ge=0, le=100_000)
-    length: int | str = "1MiB"
+    length: int | str = 1 << 20
 
     @field_validator("length")
     @classmethod
@@ -243,7 +243,7 @@ class DmaSpec(_Model):
 
 class VmSpec(_Model):
     name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
-    memory: int | str = "1GiB"
+    memory: int | str = 1 << 30
     folio_order: int = Field(default=9, ge=0, le=10)
     devices: list[str] = Field(default_factory=list)
     dma: DmaSpec | None = None
