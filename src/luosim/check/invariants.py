@@ -38,8 +38,10 @@ class CheckContext:
     kexecs: int = 0
     # device name -> BDF at preservation time, for preserved vfio devices
     preserved_bdfs: dict[str, str] = field(default_factory=dict)
-    # VM RAM: name -> (fingerprint before kexec, fingerprint after retrieve or None)
-    ram: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    # VM RAM: name -> (None, problem) once a problem is seen (KHO-1)
+    ram: dict[str, tuple[None, str | None]] = field(default_factory=dict)
+    # VM RAM: name -> [(index, pa, order)] of the preserved folios
+    ram_layout: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     # physical pages (pfn) each VM's RAM occupies: DMA ownership map
     ram_pfns: dict[str, frozenset[int]] = field(default_factory=dict)
     device_vm: dict[str, str] = field(default_factory=dict)  # device name -> VM

@@ -8,12 +8,12 @@ from luosim.check.invariants import CheckContext, invariant
 from luosim.hw.memory import PAGE_SHIFT
 
 
-@invariant("KHO-1", "preserved memfd content is intact after kexec (fingerprint-exact)",
-           "kho.md Memory API; luo.md §5.3")
+@invariant("KHO-1", "preserved guest RAM survives the jump bit for bit and comes back as the "
+           "same physical folios", "kho.md Memory API; luo.md §5.3")
 def preserved_bytes_intact(ctx: CheckContext) -> str | None:
     for vm, (before, after) in sorted(ctx.ram.items()):
         if after is not None and after != before:
-            return f"guest RAM of {vm} changed across the update ({before:#x} -> {after:#x})"
+            return f"guest RAM of {vm}: {after}"
     return None
 
 
@@ -60,17 +60,19 @@ def liveupdate_number_monotonic(ctx: CheckContext) -> str | None:
     return None
 
 
-@invariant("PCI-1", "every preserved device is enumerated at its serialized segment:bus:dev.fn",
-           "pci.md §10.1, §5.2")
+@invariant("PCI-1", "no preserved device is enumerated at another segment:bus:dev.fn, and no "
+           "other device takes a preserved BDF", "pci.md §10.1, §5.2")
 def bdf_identity(ctx: CheckContext) -> str | None:
     k = ctx.kernel
     if ctx.phase not in ("after-kexec", "finished") or k is None or not k.booted:
         return None
     for name, bdf in sorted(ctx.preserved_bdfs.items()):
         dev = k.pci.find_hw(name)
-        now = dev.name if dev is not None else None
-        if now != bdf:
-            return f"preserved device {name} was {bdf}, now {now or 'not enumerated'}"
+        if dev is not None and dev.name != bdf:
+            return f"preserved device {name} was {bdf}, now {dev.name}"
+        squatter = k.pci.find(bdf)
+        if squatter is not None and squatter.hw.hw_id != name:
+            return f"{squatter.hw.hw_id} now sits at {bdf}, the BDF preserved for {name}"
     return None
 
 

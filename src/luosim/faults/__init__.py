@@ -81,6 +81,10 @@ def load_catalog() -> dict[str, FaultPoint]:
     Points declared per registered handler or FLB (``luo.file.<compat>.<op>``)
     appear once a kernel has booted and registered them.
     """
+    global _catalog_loaded
+    if _catalog_loaded:
+        return REGISTRY
+    _catalog_loaded = True
     import importlib
     for mod in _DECLARING_MODULES:
         try:
@@ -88,7 +92,13 @@ def load_catalog() -> dict[str, FaultPoint]:
         except ModuleNotFoundError as exc:
             if exc.name != mod:
                 raise
+    # handlers and FLBs declare their per-op points when a kernel registers them
+    from luosim.hw.machine import Machine
+    Machine.from_topology({}).boot("v7")
     return REGISTRY
+
+
+_catalog_loaded = False
 
 
 def point(name: str, effects: tuple[str, ...] | list[str], doc: str) -> str:

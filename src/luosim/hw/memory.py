@@ -42,12 +42,15 @@ def _mix(*parts: int | bytes) -> int:
 
 
 ZERO_SEED = (1 << 64) - 1  # synthetic folio of zero bytes (cheap zeroed allocations)
+POISON_SEED = (1 << 64) - 2  # synthetic folio of poison bytes (freed memory)
 
 
 def synthetic_page(seed: int, index: int) -> bytes:
     """Content of page ``index`` of a synthetic folio with ``seed``."""
     if seed == ZERO_SEED:
         return _ZERO_PAGE
+    if seed == POISON_SEED:
+        return _POISON_PAGE
     word = struct.pack("<QQ", seed, index)
     return word * (PAGE_SIZE // len(word))
 
@@ -179,6 +182,13 @@ class PhysicalMemory:
             return  # absent pages already read as zero
         for head, order in split_aligned(pa >> PAGE_SHIFT, length >> PAGE_SHIFT):
             self._folios[order][head] = (ZERO_SEED, _mix(ZERO_SEED, order))
+
+    def poison(self, pa: int, length: int) -> None:
+        """Overwrite a page-aligned range with the poison byte (O(blocks))."""
+        self.check_range(pa, length)
+        self._drop_range(pa >> PAGE_SHIFT, length >> PAGE_SHIFT)
+        for head, order in split_aligned(pa >> PAGE_SHIFT, length >> PAGE_SHIFT):
+            self._folios[order][head] = (POISON_SEED, _mix(POISON_SEED, order))
 
     # -- kexec --------------------------------------------------------------
     def _drop_range(self, pfn: int, npages: int) -> None:

@@ -95,7 +95,8 @@ class Kernel:
         self.dmesg: list[tuple[str, str, str]] = []  # (level, subsystem, message)
         self._warned: set[str] = set()
         self._devices = False
-        self.mm = PageAllocator(machine.memory.size)
+        self.mm = PageAllocator(machine.memory.size, machine.memory,
+                                poison_on_free=not self.cmdline.has("init_on_free=0"))
         self.kho = Kho(self)
 
     # ------------------------------------------------------------------ lifecycle

@@ -176,6 +176,7 @@ class Run:
         for n, after in enumerate(sc.kernels.after):
             self.phase(f"freeze + kexec to {after.profile}")
             self.step("quiesce VMs", vmm.quiesce_for_update)
+            self.ctx.extra["ram_before_jump"] = self._ram_fingerprints()
             hook = self._blackout_hook()
             self.machine.stage_hooks.append(hook)
             try:
@@ -194,8 +195,11 @@ class Run:
             vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
                 kk, old, sc.update.finish))
             for vm in vmm.vms:
-                if vm.name in self.ctx.ram:
-                    self.ctx.ram[vm.name] = (self.ctx.ram[vm.name][0], vm.ram_fingerprint)
+                if vm.name in self.ctx.ram_layout and vm.ram is not None:
+                    layout = sorted(vm.ram.folios())
+                    if layout != self.ctx.ram_layout[vm.name]:
+                        self._ram_problem(vm.name, "retrieved memfd is not backed by the "
+                                          "preserved folios")
             self.ctx.phase = "finished" if sc.update.finish else "after-kexec"
             self.checker.check("finish")
             self.phase("guest running")
@@ -222,6 +226,11 @@ class Run:
                 old = self.machine.current  # still the old kernel: it just jumped
                 if old is not None:  # observer's note of who preserved what
                     self.ctx.extra["owners"] = dict(old.kho.owner)
+                before = self.ctx.extra.get("ram_before_jump", {})
+                for vm, fp in self._ram_fingerprints().items():
+                    if before.get(vm) != fp:
+                        self._ram_problem(vm, "content changed by the kexec itself (scrubbed "
+                                          "or overwritten before the new kernel ran)")
                 for name in self.scenario.update.reset_bridges:
                     func = self.machine.pci.find(name)
                     self.machine.pci.lose_bus_config(func)
@@ -237,12 +246,22 @@ class Run:
         for vm in vmm.vms:
             if vm.ram is None:
                 continue
-            self.ctx.ram[vm.name] = (vm.ram.fingerprint(), None)
+            layout = sorted(vm.ram.folios())
+            self.ctx.ram_layout[vm.name] = layout
             pfns: set[int] = set()
-            for _idx, pa, order in vm.ram.folios():
+            for _idx, pa, order in layout:
                 first = pa >> PAGE_SHIFT
                 pfns.update(range(first, first + (1 << order)))
             self.ctx.ram_pfns[vm.name] = frozenset(pfns)
+
+    def _ram_fingerprints(self) -> dict[str, int]:
+        mem = self.machine.memory
+        return {vm: hash(tuple(mem.folio_fingerprint(pa, order) for _i, pa, order in layout))
+                for vm, layout in self.ctx.ram_layout.items()}
+
+    def _ram_problem(self, vm: str, problem: str) -> None:
+        if vm not in self.ctx.ram or self.ctx.ram[vm][1] is None:
+            self.ctx.ram[vm] = (None, problem)
 
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+from typing import TYPE_CHECKING
 
 from luosim.errors import KernelError
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from luosim.hw.memory import PhysicalMemory
 
 LOW_RESERVED = 1 << 20  # legacy low memory never handed out
 
@@ -23,7 +27,14 @@ def order_for(size: int) -> int:
 
 
 class PageAllocator:
-    def __init__(self, mem_size: int) -> None:
+    """``memory`` given and ``poison_on_free``: freed blocks are poisoned at once,
+    as with ``init_on_free=1``/page poisoning, so a use-after-free reads 0x6b
+    instead of silently working."""
+
+    def __init__(self, mem_size: int, memory: PhysicalMemory | None = None,
+                 poison_on_free: bool = True) -> None:
+        self.memory = memory
+        self.poison_on_free = poison_on_free
         self._starts: list[int] = []  # sorted free extents [start, end) in pfns
         self._ends: list[int] = []
         self.total_pages = mem_size >> PAGE_SHIFT
@@ -86,6 +97,8 @@ class PageAllocator:
             raise KernelError(errno.EINVAL, f"free of unallocated block {pa:#x}")
         if order is not None and order != got:
             raise KernelError(errno.EINVAL, f"free of {pa:#x} with order {order}, allocated {got}")
+        if self.memory is not None and self.poison_on_free:
+            self.memory.poison(pa, PAGE_SIZE << got)
         self._add_free(head, head + (1 << got))
 
     def adopt(self, pa: int, order: int) -> None:

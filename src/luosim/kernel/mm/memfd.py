@@ -1,0 +1,517 @@
+"""memfd files and their live-update handler: models mm/memfd.c + mm/memfd_luo.c.
+
+A :class:`MemfdFile` is a shmem file without links: its content lives in
+folios (``index`` = page offset of the folio's head, ``pa``, ``order``)
+allocated from the kernel's page allocator, naturally aligned, of the
+file's folio order (0 for small pages, up to 9 for PMD-sized THP; an 8 GiB
+memfd of order 9 is 4096 folios).  Byte content goes through
+:meth:`MemfdFile.write`/:meth:`read`; bulk synthetic content through
+:meth:`fill` (whole folios, :meth:`PhysicalMemory.fill_folio`), compared with
+:meth:`fingerprint`.
+
+:class:`MemfdLuoHandler` is the LUO file handler (spec luo.md §5.3):
+``memfd-v1`` on luo-v1 profiles, ``memfd-v2`` (with seals) on luo-v5.
+Everything it hands over is in physical memory: the ``memfd_luo_ser``
+record (``kho_alloc_preserve``), the folio array (``kho_preserve_vmalloc``)
+and the folios themselves (``kho_preserve_folio``); the next kernel
+rebuilds the file from those bytes alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from luosim.abi.errors import DecodeError
+from luosim.abi.memfd import (
+    F_SEAL_FUTURE_WRITE,
+    F_SEAL_GROW,
+    F_SEAL_SEAL,
+    F_SEAL_SHRINK,
+    F_SEAL_WRITE,
+    MEMFD_LUO_ALL_SEALS,
+    MEMFD_LUO_FH_COMPATIBLE_V1,
+    MEMFD_LUO_FH_COMPATIBLE_V2,
+    MEMFD_LUO_FOLIO_DIRTY,
+    MEMFD_LUO_FOLIO_UPTODATE,
+    KhoVmalloc,
+    KhoVmallocChunk,
+    MemfdLuoFolioSer,
+    MemfdLuoSerV1,
+    MemfdLuoSerV2,
+    decode_folio_array,
+    encode_folio_array,
+)
+from luosim.errors import KernelError
+from luosim.faults import point
+from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, PhysicalMemory
+from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
+from luosim.kernel.vfs import File, check_alive
+
+if TYPE_CHECKING:
+    from luosim.kernel.kernel import Kernel
+
+FP_PRESERVE = point("memfd.preserve", ("ENOMEM", "EFBIG"),
+                    "memfd_luo_preserve() fails (allocation, or more than UINT_MAX pages)")
+FP_RETRIEVE = point("memfd.retrieve", ("ENOMEM", "EIO"),
+                    "memfd_luo_retrieve() fails (allocation, or a folio cannot be restored)")
+
+#: Largest folio order a memfd uses (PMD-sized THP with 4 KiB pages).
+MAX_MEMFD_FOLIO_ORDER = 9
+UINT_MAX = (1 << 32) - 1
+_MASK64 = (1 << 64) - 1
+_SEALS_KNOWN = MEMFD_LUO_ALL_SEALS
+
+
+@functools.cache
+def zero_folio_fingerprint(order: int) -> int:
+    """Fingerprint of a freshly allocated (zero) folio of ``order``."""
+    mem = PhysicalMemory(PAGE_SIZE << order)
+    mem.fill_folio(0, order, ZERO_SEED)
+    return mem.folio_fingerprint(0, order)
+
+
+def folio_seed(seed: int, index: int) -> int:
+    """Per-folio seed of :meth:`MemfdFile.fill` (never the zero seed)."""
+    h = hashlib.blake2b(seed.to_bytes(8, "little") + index.to_bytes(8, "little"),
+                        digest_size=8)
+    val = int.from_bytes(h.digest(), "little")
+    return val ^ 1 if val == ZERO_SEED else val
+
+
+class MemfdFile(File):
+    """A memfd: shmem file with folios, seals and live-update freezing."""
+
+    def __init__(self, subsys: MemfdSubsystem, name: str, *, folio_order: int = 0,
+                 install_fd: bool = True) -> None:
+        if not 0 <= folio_order <= MAX_MEMFD_FOLIO_ORDER:
+            raise KernelError(errno.EINVAL, f"folio order {folio_order} not in 0..9")
+        super().__init__(subsys.kernel, f"memfd:{name}", install_fd=install_fd)
+        self.subsys = subsys
+        self.mem = subsys.kernel.machine.memory
+        self.folio_order = folio_order
+        self.size = 0
+        self.pos = 0
+        self.seals = 0
+        self.folio_map: dict[int, tuple[int, int]] = {}  # head page index -> (pa, order)
+        self._orders: set[int] = set()
+        self.frozen = False  # preserved by LUO: size changes refused (EPERM)
+        self.hugetlb = False
+        self.nlink = 0
+        self.inode = object()  # identity for LUO's get_id
+
+    # ------------------------------------------------------------------ folios
+    def _find(self, page: int) -> tuple[int, int, int] | None:
+        """(head index, pa, order) of the folio holding page ``page``."""
+        for order in self._orders:
+            head = page & ~((1 << order) - 1)
+            hit = self.folio_map.get(head)
+            if hit is not None and hit[1] == order:
+                return head, hit[0], order
+        return None
+
+    def _alloc(self, page: int, seed: int = ZERO_SEED) -> tuple[int, int, int]:
+        """``shmem_get_folio()``: a new folio of the file's order holding ``page``.
+
+        Its content is zero, or the synthetic content of ``seed``.
+        """
+        order = self.folio_order
+        head = page & ~((1 << order) - 1)
+        pa = self.kernel.mm.alloc_pages(order)
+        self.mem.fill_folio(pa, order, seed)
+        self._add_folio(head, pa, order)
+        return head, pa, order
+
+    def _add_folio(self, head: int, pa: int, order: int) -> None:
+        self.folio_map[head] = (pa, order)
+        self._orders.add(order)
+
+    def _get(self, page: int) -> tuple[int, int, int]:
+        hit = self._find(page)
+        return hit if hit is not None else self._alloc(page)
+
+    def populate(self) -> int:
+        """Allocate every hole in ``[0, size)`` (``memfd_pin_folios()``); return folios."""
+        page = 0
+        npages = -(-self.size // PAGE_SIZE)
+        while page < npages:
+            head, _pa, order = self._get(page)
+            page = head + (1 << order)
+        return len(self.folio_map)
+
+    def folios(self) -> list[tuple[int, int, int]]:
+        """(index, pa, order) of every folio, by index (index = page offset of its head)."""
+        return [(i, pa, o) for i, (pa, o) in sorted(self.folio_map.items())]
+
+    folio_list = folios
+
+    def _free_folios_from(self, page: int) -> None:
+        for head in [h for h in self.folio_map if h >= page]:
+            pa, order = self.folio_map.pop(head)
+            self.kernel.mm.free_pages(pa, order)
+
+    # ------------------------------------------------------------------ size & seals
+    def _check_resize(self, new_size: int) -> None:
+        if new_size == self.size:
+            return
+        if self.frozen:
+            raise KernelError(errno.EPERM, f"{self.name} is preserved for live update")
+        if new_size > self.size and self.seals & F_SEAL_GROW:
+            raise KernelError(errno.EPERM, f"{self.name} is sealed against growth")
+        if new_size < self.size and self.seals & F_SEAL_SHRINK:
+            raise KernelError(errno.EPERM, f"{self.name} is sealed against shrinking")
+
+    def truncate(self, size: int) -> None:
+        """``ftruncate()``: EPERM while preserved or against GROW/SHRINK seals."""
+        self.check_open()
+        if size < 0:
+            raise KernelError(errno.EINVAL, "negative size")
+        self._check_resize(size)
+        if size < self.size:
+            hit = self._find(size // PAGE_SIZE)
+            if hit is not None and hit[0] * PAGE_SIZE < size:
+                # the folio straddling the new end keeps its head; zero its tail
+                head, pa, order = hit
+                end = min(self.size, (head + (1 << order)) * PAGE_SIZE)
+                self.mem.write(pa + size - head * PAGE_SIZE, bytes(end - size))
+            self._free_folios_from(-(-size // PAGE_SIZE))
+        self.size = size
+
+    def add_seals(self, seals: int) -> None:
+        """``fcntl(F_ADD_SEALS)``: EINVAL unknown bits, EPERM once F_SEAL_SEAL is set."""
+        self.check_open()
+        if seals & ~_SEALS_KNOWN:
+            raise KernelError(errno.EINVAL, f"unknown seals {seals:#x}")
+        if self.seals & F_SEAL_SEAL:
+            raise KernelError(errno.EPERM, f"{self.name} is sealed")
+        self.seals |= seals
+
+    def _check_write(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise KernelError(errno.EINVAL, "negative offset or length")
+        if length and self.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+            raise KernelError(errno.EPERM, f"{self.name} is sealed against writes")
+        if offset + length > self.size:
+            self._check_resize(offset + length)
+
+    # ------------------------------------------------------------------ content
+    def write(self, offset: int, data: bytes) -> int:
+        """``pwrite()``: grows the file (EPERM while preserved); returns bytes written."""
+        self.check_open()
+        self._check_write(offset, len(data))
+        pos = 0
+        while pos < len(data):
+            at = offset + pos
+            head, pa, order = self._get(at // PAGE_SIZE)
+            folio_end = (head + (1 << order)) * PAGE_SIZE
+            n = min(len(data) - pos, folio_end - at)
+            self.mem.write(pa + at - head * PAGE_SIZE, bytes(data[pos:pos + n]))
+            pos += n
+        self.size = max(self.size, offset + len(data))
+        return len(data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``pread()``: at most up to the file size; holes read as zeros."""
+        self.check_open()
+        if offset < 0 or n < 0:
+            raise KernelError(errno.EINVAL, "negative offset or length")
+        end = min(self.size, offset + n)
+        out = bytearray()
+        at = offset
+        while at < end:
+            page = at // PAGE_SIZE
+            hit = self._find(page)
+            if hit is None:
+                nxt = min(end, (page + 1) * PAGE_SIZE)
+                out += bytes(nxt - at)
+                at = nxt
+                continue
+            head, pa, order = hit
+            nxt = min(end, (head + (1 << order)) * PAGE_SIZE)
+            out += self.mem.read(pa + at - head * PAGE_SIZE, nxt - at)
+            at = nxt
+        return bytes(out)
+
+    def fill(self, offset: int, length: int, seed: int) -> None:
+        """Synthetic content in whole folios: ``[offset, offset+length)`` folio aligned.
+
+        Each folio gets content derived from ``seed`` and its index; grows
+        the file like a write.
+        """
+        self.check_open()
+        fsize = PAGE_SIZE << self.folio_order
+        if offset % fsize or length % fsize:
+            raise KernelError(errno.EINVAL, f"fill range not aligned to {fsize:#x}-byte folios")
+        self._check_write(offset, length)
+        seed &= _MASK64
+        pages = range(offset // PAGE_SIZE, (offset + length) // PAGE_SIZE, 1 << self.folio_order)
+        hits = [self._find(page) for page in pages]
+        if any(h is not None and (h[2] != self.folio_order or h[0] != p)
+               for p, h in zip(pages, hits)):
+            raise KernelError(errno.EINVAL, "fill over a folio of another order")
+        for page, hit in zip(pages, hits):
+            if hit is None:
+                self._alloc(page, folio_seed(seed, page))
+            else:
+                self.mem.fill_folio(hit[1], hit[2], folio_seed(seed, page))
+        self.size = max(self.size, offset + length)
+
+    def fingerprint(self) -> int:
+        """Content identity over all folios (holes and untouched zero folios ignored)."""
+        self.check_open()
+        h = hashlib.blake2b(digest_size=8)
+        h.update(self.size.to_bytes(8, "little"))
+        for index, (pa, order) in sorted(self.folio_map.items()):
+            fp = self.mem.folio_fingerprint(pa, order)
+            if fp == zero_folio_fingerprint(order):
+                continue
+            h.update(index.to_bytes(8, "little") + order.to_bytes(2, "little")
+                     + fp.to_bytes(8, "little"))
+        return int.from_bytes(h.digest(), "little")
+
+    # ------------------------------------------------------------------ lifetime
+    def release(self) -> None:
+        """Last reference: the inode goes away and its folios are freed."""
+        self._free_folios_from(0)
+
+    def __repr__(self) -> str:
+        return (f"<MemfdFile {self.name!r} size={self.size:#x} folios={len(self.folio_map)} "
+                f"order={self.folio_order} fds={self.fds} ref={self.refcount}>")
+
+
+@dataclass
+class _Preserved:
+    """private_data of a preserved memfd: what unpreserve must undo."""
+
+    ser_pa: int
+    desc: KhoVmalloc
+    folios: list[tuple[int, int, int]]
+
+
+class MemfdLuoHandler(FileHandler):
+    """Models the memfd LUO file handler of mm/memfd_luo.c (spec luo.md §5.3)."""
+
+    def __init__(self, subsys: MemfdSubsystem) -> None:
+        super().__init__(subsys.compatible)
+        self.subsys = subsys
+        self.kernel = subsys.kernel
+        self.v2 = subsys.compatible == MEMFD_LUO_FH_COMPATIBLE_V2
+
+    @property
+    def ser_size(self) -> int:
+        return MemfdLuoSerV2.SIZE if self.v2 else MemfdLuoSerV1.SIZE
+
+    def _encode(self, pos: int, size: int, seals: int, nr: int, desc: KhoVmalloc) -> bytes:
+        if self.v2:
+            return MemfdLuoSerV2(pos, size, seals, 0, nr, desc).encode()
+        return MemfdLuoSerV1(pos, size, nr, desc).encode()
+
+    def can_preserve(self, file: File) -> bool:
+        """Models memfd_luo_can_preserve(): a shmem file with no links, not hugetlb."""
+        return isinstance(file, MemfdFile) and not file.hugetlb and file.nlink == 0
+
+    def get_id(self, file: File) -> object:
+        """Models memfd_luo_get_id(): the inode."""
+        return cast(MemfdFile, file).inode
+
+    def preserve(self, args: FileOpArgs) -> None:
+        """Models memfd_luo_preserve(): freeze the inode, preserve record, folios, array."""
+        file = cast(MemfdFile, args.file)
+        k = self.kernel
+        kho = k.kho
+        k.machine.faults.check(FP_PRESERVE, file.name)
+        if self.v2 and file.seals & ~MEMFD_LUO_ALL_SEALS:
+            raise KernelError(errno.EOPNOTSUPP, f"unknown seals {file.seals:#x}")
+        if -(-file.size // PAGE_SIZE) > UINT_MAX:
+            raise KernelError(errno.EFBIG, f"{file.name}: more than UINT_MAX pages")
+        was_frozen = file.frozen
+        file.frozen = True
+        ser_pa = 0
+        done: list[tuple[int, int]] = []
+        try:
+            ser_pa = kho.alloc_preserve(self.ser_size)
+            file.populate()
+            folios = file.folio_list()
+            for _index, pa, order in folios:
+                kho.preserve_folio(pa, order)
+                done.append((pa, order))
+            recs = [MemfdLuoFolioSer(pa >> PAGE_SHIFT,
+                                     MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE, index)
+                    for index, pa, _order in folios]
+            desc = (KhoVmalloc.decode(kho.preserve_vmalloc(encode_folio_array(recs)))
+                    if recs else KhoVmalloc())
+        except KernelError:
+            for pa, order in reversed(done):
+                kho.unpreserve_folio(pa, order)
+            if ser_pa:
+                kho.unpreserve_free(ser_pa)
+            file.frozen = was_frozen
+            raise
+        k.machine.memory.write(ser_pa, self._encode(file.pos, file.size, file.seals,
+                                                    len(recs), desc))
+        args.serialized_data = ser_pa
+        args.private_data = _Preserved(ser_pa, desc, folios)
+
+    def freeze(self, args: FileOpArgs) -> None:
+        """Models memfd_luo_freeze(): refresh ``pos`` only."""
+        file = cast(MemfdFile, args.file)
+        self.kernel.machine.memory.write_u64(args.serialized_data, file.pos)
+
+    def unpreserve(self, args: FileOpArgs) -> None:
+        """Models memfd_luo_unpreserve(): unfreeze, unpreserve array and folios, free record."""
+        file = cast(MemfdFile, args.file)
+        priv = cast(_Preserved, args.private_data)
+        kho = self.kernel.kho
+        file.frozen = False
+        if priv.desc.first:
+            kho.unpreserve_vmalloc(priv.desc.encode())
+        for _index, pa, order in reversed(priv.folios):
+            kho.unpreserve_folio(pa, order)
+        kho.unpreserve_free(priv.ser_pa)
+
+    # ------------------------------------------------------------------ new kernel
+    def _read_record(self, ser_pa: int) -> MemfdLuoSerV1 | MemfdLuoSerV2:
+        raw = self.kernel.machine.memory.read(ser_pa, self.ser_size)
+        try:
+            if self.v2:
+                return MemfdLuoSerV2.decode(raw)
+            return MemfdLuoSerV1.decode(raw)
+        except DecodeError as exc:  # pragma: no cover - fixed-size read
+            raise KernelError(errno.EINVAL, str(exc)) from None
+
+    def _read_folios(self, ser: MemfdLuoSerV1 | MemfdLuoSerV2) -> list[MemfdLuoFolioSer]:
+        """Restore the vmalloc'ed folio array (``kho_restore_vmalloc()`` + ``vfree()``)."""
+        if not ser.nr_folios:
+            return []
+        k = self.kernel
+        data_pages: list[int] = []
+        cpa = ser.folios.first
+        seen = 0
+        try:
+            while cpa and seen <= ser.folios.total_pages:
+                chunk = KhoVmallocChunk.decode(k.machine.memory.read(cpa, PAGE_SIZE))
+                data_pages.extend(chunk.phys)
+                cpa = chunk.next
+                seen += 1
+        except (DecodeError, ValueError) as exc:
+            raise KernelError(errno.EINVAL, f"bad folio array descriptor: {exc}") from None
+        data = k.kho.restore_vmalloc(ser.folios.encode())
+        if data is None:
+            raise KernelError(errno.EINVAL, "cannot restore the memfd folio array")
+        for pa in data_pages:  # vfree() of the restored area
+            if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None:
+                k.mm.free_pages(pa)
+        try:
+            return decode_folio_array(data, ser.nr_folios)
+        except DecodeError as exc:
+            raise KernelError(errno.EINVAL, str(exc)) from None
+
+    def retrieve(self, args: FileOpArgs) -> None:
+        """Models memfd_luo_retrieve(): a new memfd made of the restored folios.
+
+        The record is freed on success and on failure; a folio that cannot
+        be restored is EIO (the rest are restored and dropped).  ``memfd-v2``
+        re-applies the seals (unknown seals → EOPNOTSUPP); FD_CLOEXEC is not
+        preserved.
+        """
+        k = self.kernel
+        kho = k.kho
+        ser_pa = args.serialized_data
+        k.machine.faults.check(FP_RETRIEVE, f"{ser_pa:#x}")
+        if kho.restore_folio(ser_pa) is None:
+            raise KernelError(errno.EINVAL, f"memfd record {ser_pa:#x} was not preserved")
+        file: MemfdFile | None = None
+        recs: list[MemfdLuoFolioSer] = []
+        restored = 0
+        try:
+            ser = self._read_record(ser_pa)
+            if isinstance(ser, MemfdLuoSerV2) and ser.unknown_seals:
+                raise KernelError(errno.EOPNOTSUPP, f"unknown seals {ser.seals:#x}")
+            recs = self._read_folios(ser)
+            file = MemfdFile(self.subsys, "luo", install_fd=False)
+            for rec in recs:
+                pa = rec.pfn << PAGE_SHIFT
+                order = kho.restore_folio(pa)
+                if order is None:
+                    raise KernelError(errno.EIO, f"folio {pa:#x} could not be restored")
+                restored += 1
+                if not file.folio_map:
+                    file.folio_order = min(order, MAX_MEMFD_FOLIO_ORDER)
+                file._add_folio(rec.index, pa, order)
+            file.size = ser.size
+            file.pos = ser.pos
+            file.seals = ser.seals if isinstance(ser, MemfdLuoSerV2) else F_SEAL_SEAL
+        except KernelError:
+            if file is not None:
+                file.put()  # frees the folios restored so far
+            for rec in recs[restored + 1:]:
+                pa = rec.pfn << PAGE_SHIFT
+                if kho.restore_folio(pa) is not None:
+                    k.mm.free_pages(pa)
+            raise
+        finally:
+            k.mm.free_pages(ser_pa)
+        args.file = file
+
+    def finish(self, args: FileOpArgs) -> None:
+        """Models memfd_luo_finish(): never retrieved → restore and free everything."""
+        if args.retrieve_status != 0:
+            return
+        k = self.kernel
+        kho = k.kho
+        ser_pa = args.serialized_data
+        if kho.restore_folio(ser_pa) is None:
+            k.warn("memfd", f"memfd record {ser_pa:#x} not restorable at finish")
+            return
+        try:
+            ser = self._read_record(ser_pa)
+            recs = self._read_folios(ser)
+        except KernelError as exc:
+            k.warn("memfd", f"memfd finish: {exc}")
+            recs = []
+        for rec in recs:
+            pa = rec.pfn << PAGE_SHIFT
+            if kho.restore_folio(pa) is not None:
+                k.mm.free_pages(pa)
+        k.mm.free_pages(ser_pa)
+
+
+class MemfdSubsystem:
+    """memfd_create() and the memfd LUO handler of one kernel."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.compatible = (MEMFD_LUO_FH_COMPATIBLE_V2 if kernel.profile.luo_abi == "luo-v5"
+                           else MEMFD_LUO_FH_COMPATIBLE_V1)
+        self.handler: MemfdLuoHandler | None = None
+
+    def late_init(self) -> None:
+        """Models memfd_luo_init(): register the handler; EOPNOTSUPP (LUO off) is ignored."""
+        handler = MemfdLuoHandler(self)
+        try:
+            self.kernel.liveupdate.register_file_handler(handler)
+        except KernelError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                self.kernel.printk("err", "memfd", f"memfd LUO handler not registered: {exc}")
+            return
+        self.handler = handler
+
+    def create(self, name: str, size: int = 0, folio_order: int = 0,
+               seals: int = 0) -> MemfdFile:
+        """``memfd_create(name, MFD_ALLOW_SEALING)`` + ``ftruncate(size)`` + seals."""
+        check_alive(self.kernel)
+        if seals & ~_SEALS_KNOWN:
+            raise KernelError(errno.EINVAL, f"unknown seals {seals:#x}")
+        f = MemfdFile(self, name, folio_order=folio_order)
+        try:
+            if size:
+                f.truncate(size)
+            if seals:
+                f.add_seals(seals)
+        except KernelError:
+            f.close()
+            raise
+        return f
