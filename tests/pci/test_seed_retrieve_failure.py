@@ -92,11 +92,13 @@ def test_warn_policy_renumbers_when_failure_is_remembered() -> None:
 
 @pytest.mark.parametrize("profile", ["v6", "v7"])
 def test_warn_policy_retry_reads_freed_pci_ser(profile: str) -> None:
-    """luo-v1 LUO retries: the second setup_device re-runs retrieve on freed memory."""
+    """luo-v1 LUO retries: the second setup_device re-runs retrieve on freed memory.
+    Without page poisoning (``init_on_free=0``) the stale bytes are still there and
+    the use-after-free silently "works"."""
     k, drv = boot(switch_topology(), profile, faults=(SEED,))
     before = names(k)
     preserve(k, drv, ["nvme1", "nic"])
-    k2, drv2 = kexec(k, profile, cmdline="pci=assign-busses", policy=WARN)
+    k2, drv2 = kexec(k, profile, cmdline="pci=assign-busses init_on_free=0", policy=WARN)
     lu = k2.pci_lu
     assert names(k2) == before  # the retry succeeded before any bridge was scanned
     assert lu.retrieve_attempts == 2
@@ -133,7 +135,7 @@ def test_warn_policy_v6_first_device_preserved_is_lost() -> None:
     it never held an FLB reference the FLB is freed with its slot still live."""
     k, drv = boot(switch_topology(), "v6", faults=(SEED,))
     preserve(k, drv, ["hostdev", "nic"])
-    k2, _ = kexec(k, "v6", policy=WARN)
+    k2, _ = kexec(k, "v6", cmdline="init_on_free=0", policy=WARN)
     lu = k2.pci_lu
     assert not lu.is_incoming(dev(k2, "hostdev")) and lu.is_incoming(dev(k2, "nic"))
     assert k2.vfio.open_device("0000:00:00.0")  # not refused: it is not incoming
@@ -156,3 +158,21 @@ def test_warn_policy_v6_persistent_corruption_renumbers() -> None:
     assert (before["nic"], after["nic"]) == ("0000:09:00.0", "0000:05:00.0")
     assert k2.pci_lu.retrieve_attempts > 2  # retried on every device, failing each time
     assert len(logs(k2, "Failed to retrieve incoming FLB data: -EBUSY")) == 1
+
+
+@pytest.mark.parametrize("profile", ["v6", "v7"])
+def test_warn_policy_with_page_poisoning_renumbers(profile: str) -> None:
+    """With freed pages poisoned (the model's default, like ``init_on_free=1``) the
+    luo-v1 retry reads 0x6b bytes, fails again on every device, and the kernel goes
+    on as if nothing was preserved: pci=assign-busses moves the preserved devices
+    (spec pci.md §9 first row, §10 inv. 1 broken; why v7 made it a panic)."""
+    k, drv = boot(switch_topology(), profile, faults=(SEED,))
+    before = dict(names(k))
+    preserve(k, drv, ["nvme1", "nic"])
+    k2, _ = kexec(k, profile, cmdline="pci=assign-busses", policy=WARN)
+    after = dict(names(k2))
+    assert k2.pci_lu.retrieve_attempts >= 2
+    assert not any(k2.pci_lu.is_incoming(d) for d in k2.pci.devices())
+    assert (before["nvme1"], after["nvme1"]) == ("0000:06:00.0", "0000:04:00.0")
+    assert (before["nic"], after["nic"]) == ("0000:09:00.0", "0000:05:00.0")
+    assert after["gpu"] == "0000:06:00.0"  # a different device on nvme1's preserved BDF
