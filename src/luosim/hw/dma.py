@@ -221,6 +221,7 @@ class DmaEngine:
         self.issued = 0  # writes issued so far (next write's seq)
         self.controller: DmaController | None = None
         self._open: dict[_Key, DmaRecord] = {}
+        self._reported: set[tuple[str, int, int | None]] = set()  # one event per kind
 
     @property
     def hw_id(self) -> str:
@@ -388,7 +389,8 @@ class DmaEngine:
                             a.lo, a.hi)
             ctl.records.append(rec)
             self._open[(outcome, seg, rid)] = rec
-            if outcome != OUTCOME_TRANSLATED:
+            if outcome != OUTCOME_TRANSLATED and (outcome, seg, rid) not in self._reported:
+                self._reported.add((outcome, seg, rid))
                 level = "info" if outcome in (OUTCOME_BLOCKED_BME, OUTCOME_UNROUTABLE) else "warn"
                 self.machine.emit("machine", "dma", outcome,
                                   f"{self.hw_id}: DMA {outcome} from iova {a.iova:#x}", level,

@@ -526,6 +526,13 @@ class IommuHardware:
             return None
         rec = FaultRecord(now, unit.segment, rid, iova, write, reason, count, now, detail)
         log.append(rec)
+        # the log keeps every record; the event stream reports each source and reason
+        # once, so a device faulting for a whole blackout is one event, not thousands
+        seen: set[tuple[int, str, int, bool]] = self.__dict__.setdefault("_fault_events", set())
+        key = (unit.reg_base, reason, rid, write)
+        if key in seen:
+            return rec
+        seen.add(key)
         if reason == REASON_PASSTHROUGH:
             self._emit("dma-untranslated",
                        f"{rec.bdf}: DMA to {iova:#x} not translated (TE off)", "warn",

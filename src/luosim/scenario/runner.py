@@ -122,6 +122,7 @@ class Run:
             self.result.failed_step = r.step
             self.result.error = f"{r.step}: {errname(code)} ({r.exc.strerror or r.exc})"
             self.result.outcome = "unsafe" if self.checker.broken else "refused"
+        self._summarize_devices()
         self.phase("done")
         self.result.phases = [(n, ns) for n, ns in self.phases if n != "done"]
         self.result.invariants = self.checker.results()
@@ -169,9 +170,8 @@ class Run:
         self.ctx.preserved_bdfs = {p.obj: next(d.bdf for v in vmm.vms for d in v.devices
                                                if d.name == p.obj)
                                    for p in agent.preserved if p.kind == "vfio"}
-        preserved_names = set(self.ctx.preserved_bdfs)
-        self.result.pci_before = self.pci_snapshot(k, preserved_names)
-        bdf_before = {n["name"]: n["bdf"] for n in self.result.pci_before}
+        self.result.pci_before = self.pci_snapshot(k, set(self.ctx.preserved_bdfs))
+        self.agent = agent
 
         for n, after in enumerate(sc.kernels.after):
             self.phase(f"freeze + kexec to {after.profile}")
@@ -211,12 +211,21 @@ class Run:
                 self.ctx.phase = "preserved"
                 self.step("carry forward", lambda v=vmm: agent.carry_forward(v))  # type: ignore[misc]
 
-        self.result.pci_after = self.pci_snapshot(k, preserved_names)
-        after_map = {n["name"]: n["bdf"] for n in self.result.pci_after}
-        self.result.devices = [DeviceResult(name, bdf_before.get(name), after_map.get(name),
-                                            name in preserved_names)
-                               for name in sorted(set(bdf_before) | set(after_map))]
-        self.result.preserved_objects = [p.as_dict() for p in agent.preserved]
+
+    def _summarize_devices(self) -> None:
+        """PCI tree after, BDFs before/after: whatever point the run reached."""
+        preserved = set(self.ctx.preserved_bdfs)
+        k = self.kernel
+        if k is not None and getattr(k, "booted", False) and self.ctx.kexecs:
+            self.result.pci_after = self.pci_snapshot(k, preserved)
+        before = {n["name"]: n["bdf"] for n in self.result.pci_before}
+        after = {n["name"]: n["bdf"] for n in self.result.pci_after}
+        self.result.devices = [DeviceResult(name, before.get(name), after.get(name),
+                                            name in preserved)
+                               for name in sorted(set(before) | set(after))]
+        agent = getattr(self, "agent", None)
+        if agent is not None:
+            self.result.preserved_objects = [p.as_dict() for p in agent.preserved]
 
     def _blackout_hook(self) -> Callable[[str], None]:
         slices = {"kexec-jump": 0.5, "pci-enumerated": 0.25, "iommu-ready": 0.25}
