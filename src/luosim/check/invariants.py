@@ -8,6 +8,7 @@ read kernel and hardware state, but it never changes it.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,26 @@ from luosim.scenario.result import InvariantResult
 if TYPE_CHECKING:
     from luosim.hw.machine import Machine
     from luosim.kernel.kernel import Kernel
+
+
+class PfnRanges:
+    """A set of page frames stored as sorted, merged [start, end) ranges."""
+
+    def __init__(self, blocks: list[tuple[int, int]]) -> None:
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(blocks):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        self.starts = [a for a, _b in merged]
+        self.ends = [b for _a, b in merged]
+
+    def __contains__(self, pfn: object) -> bool:
+        if not isinstance(pfn, int):
+            return False
+        i = bisect.bisect_right(self.starts, pfn) - 1
+        return i >= 0 and pfn < self.ends[i]
 
 
 @dataclass(frozen=True)
@@ -42,8 +63,8 @@ class CheckContext:
     ram: dict[str, tuple[None, str | None]] = field(default_factory=dict)
     # VM RAM: name -> [(index, pa, order)] of the preserved folios
     ram_layout: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
-    # physical pages (pfn) each VM's RAM occupies: DMA ownership map
-    ram_pfns: dict[str, frozenset[int]] = field(default_factory=dict)
+    # physical pages each VM's RAM occupies, as sorted [start, end) pfn ranges
+    ram_pfns: dict[str, PfnRanges] = field(default_factory=dict)
     device_vm: dict[str, str] = field(default_factory=dict)  # device name -> VM
     liveupdate_numbers: list[int] = field(default_factory=list)
     retrieved_tokens: dict[tuple[str, int], int] = field(default_factory=dict)

@@ -87,8 +87,8 @@ def dma_lands_in_owner(ctx: CheckContext) -> str | None:
         vm = ctx.device_vm.get(rec.hw_id)
         if vm is None or rec.pa is None:
             continue
-        pfns = ctx.ram_pfns.get(vm, frozenset())
-        if (rec.pa >> PAGE_SHIFT) not in pfns:
+        pfns = ctx.ram_pfns.get(vm)
+        if pfns is None or (rec.pa >> PAGE_SHIFT) not in pfns:
             owner = next((v for v, p in ctx.ram_pfns.items() if (rec.pa >> PAGE_SHIFT) in p),
                          None)
             where = f"{owner}'s RAM" if owner else "memory outside any VM"

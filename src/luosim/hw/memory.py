@@ -200,8 +200,16 @@ class PhysicalMemory:
             for p in [p for p in self._pages if pfn <= p < end]:
                 del self._pages[p]
         for order, table in enumerate(self._folios):
+            if not table:
+                continue
             size = 1 << order
-            for head in [h for h in table if h < end and h + size > pfn]:
+            first = pfn & ~(size - 1)
+            candidates = (end - first + size - 1) >> order
+            if candidates <= len(table):  # probe the aligned heads that can overlap
+                heads = [h for h in range(first, end, size) if h in table]
+            else:
+                heads = [h for h in table if h < end and h + size > pfn]
+            for head in heads:
                 if head >= pfn and head + size <= end:
                     del table[head]
                 else:

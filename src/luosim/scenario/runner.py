@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import luosim.check.rules_core  # noqa: F401  (registers invariants)
-from luosim.check.invariants import CheckContext, Checker
+from luosim.check.invariants import CheckContext, Checker, PfnRanges
 from luosim.errors import DeadKernelError, KernelError, KernelPanic, errname
 from luosim.faults import Fault
 from luosim.hw.machine import Machine
@@ -235,6 +235,8 @@ class Run:
                 old = self.machine.current  # still the old kernel: it just jumped
                 if old is not None:  # observer's note of who preserved what
                     self.ctx.extra["owners"] = dict(old.kho.owner)
+                    from luosim.check.rules_pci import snapshot_at_jump
+                    snapshot_at_jump(self.ctx, old)
                 before = self.ctx.extra.get("ram_before_jump", {})
                 for vm, fp in self._ram_fingerprints().items():
                     if before.get(vm) != fp:
@@ -257,11 +259,8 @@ class Run:
                 continue
             layout = sorted(vm.ram.folios())
             self.ctx.ram_layout[vm.name] = layout
-            pfns: set[int] = set()
-            for _idx, pa, order in layout:
-                first = pa >> PAGE_SHIFT
-                pfns.update(range(first, first + (1 << order)))
-            self.ctx.ram_pfns[vm.name] = frozenset(pfns)
+            self.ctx.ram_pfns[vm.name] = PfnRanges(
+                [(pa >> PAGE_SHIFT, (pa >> PAGE_SHIFT) + (1 << order)) for _i, pa, order in layout])
 
     def _ram_fingerprints(self) -> dict[str, int]:
         mem = self.machine.memory

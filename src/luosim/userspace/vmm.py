@@ -6,6 +6,7 @@ kernel internals, so the same code runs against any profile.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,7 @@ class Vmm:
             # each device writes its own slice, so the checker can attribute bytes
             slice_len = max(4096, length // max(1, len(vm.devices)) // 4096 * 4096)
             d.file.start_dma(base + i * slice_len, slice_len, float(vm.dma["rate_per_ms"]),
-                             seed=hash((vm.name, d.name)) & 0xFFFF)
+                             seed=zlib.crc32(f"{vm.name}/{d.name}".encode()) & 0xFFFF)
             d.dma_started = True
 
     def quiesce_for_update(self) -> None:
