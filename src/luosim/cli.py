@@ -19,8 +19,8 @@ from luosim.faults import Fault
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="luosim: an executable, byte-exact model of Linux Live Update.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

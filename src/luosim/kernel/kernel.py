@@ -182,13 +182,7 @@ class Kernel:
         self.alive = False
         self.printk("info", "kexec", "Starting new kernel")
         self.machine.kexec_jump(kho_data)
-        self.machine.clock.advance(self.machine_kexec_ns())
         return Kernel.start(self.machine, next_profile, cmdline)
-
-    @staticmethod
-    def machine_kexec_ns() -> int:
-        """Simulated firmware-free jump + early boot cost (order of magnitude)."""
-        return 300_000_000
 
     # ------------------------------------------------------------------ uAPI-ish
     def open_liveupdate(self) -> LiveupdateDevice:

@@ -23,13 +23,15 @@ def pci_tree(title: str, nodes: list[dict[str, Any]], moved: set[str]) -> Tree:
     branches: dict[str | None, Tree] = {None: tree}
     for n in nodes:
         parent = branches.get(n.get("parent"), tree)
-        style = "bold cyan" if n.get("preserved") else ""
+        style = "bold cyan" if n.get("preserved") else ("cyan" if n.get("auto") else "")
         if n["name"] in moved:
             style = "bold red"
         label = Text(f"{n['bdf']}  ", style=style)
         label.append(f"{n['name']} ({n['kind']})", style=style or "dim")
         if n.get("preserved"):
             label.append("  preserved", style="cyan")
+        elif n.get("auto"):
+            label.append("  auto-preserved bridge", style="cyan")
         if n["name"] in moved:
             label.append("  MOVED", style="bold red")
         branches[n["name"]] = parent.add(label)
@@ -61,7 +63,7 @@ def render(result: RunResult, console: Console, *, title: str = "") -> None:
                       "yes" if d.preserved else "no", style=style)
         console.print(t)
     if result.phases:
-        t = Table(title="Timeline (simulated)")
+        t = Table(title="Timeline (simulated time; DMA keeps running through it)")
         t.add_column("phase")
         t.add_column("duration", justify="right")
         t.add_column("", min_width=20)

@@ -101,8 +101,12 @@ class Run:
         nodes: list[dict[str, Any]] = []
         for dev in k.pci.devices():
             parent = dev.bus.self_dev.hw.hw_id if dev.bus.self_dev is not None else None
+            lu = dev.lu
+            auto = dev.hw.hw_id not in preserved and (lu.outgoing is not None
+                                                      or lu.incoming is not None)
             nodes.append({"name": dev.hw.hw_id, "bdf": dev.name, "kind": dev.hw.kind,
-                          "parent": parent, "preserved": dev.hw.hw_id in preserved})
+                          "parent": parent, "preserved": dev.hw.hw_id in preserved,
+                          "auto": auto})
         return nodes
 
     # -- the run ----------------------------------------------------------------
@@ -174,8 +178,9 @@ class Run:
         self.agent = agent
 
         for n, after in enumerate(sc.kernels.after):
-            self.phase(f"freeze + kexec to {after.profile}")
+            self.phase(f"reboot(KEXEC) to {after.profile}: freeze, serialize, shutdown")
             self.step("quiesce VMs", vmm.quiesce_for_update)
+            self.run_dma(self.REBOOT_NS)
             self.ctx.extra["ram_before_jump"] = self._ram_fingerprints()
             hook = self._blackout_hook()
             self.machine.stage_hooks.append(hook)
@@ -191,7 +196,7 @@ class Run:
             self.ctx.phase = "after-kexec"
             self.ctx.liveupdate_numbers.append(k.liveupdate.liveupdate_number_in)
             self.checker.check("boot after kexec")
-            self.phase("retrieve + finish")
+            self.phase("userspace: retrieve + finish")
             vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
                 kk, old, sc.update.finish))
             for vm in vmm.vms:
@@ -227,9 +232,14 @@ class Run:
         if agent is not None:
             self.result.preserved_objects = [p.as_dict() for p in agent.preserved]
 
-    def _blackout_hook(self) -> Callable[[str], None]:
-        slices = {"kexec-jump": 0.5, "pci-enumerated": 0.25, "iommu-ready": 0.25}
+    # simulated cost model of the blackout (orders of magnitude, not measurements):
+    # the kexec jump and early boot take ``workload.blackout_ms``; enumeration
+    # costs ~50 us of config cycles per function; IOMMU and driver init ~20 ms
+    PCI_NS_PER_DEVICE = 50_000
+    DRIVER_INIT_NS = 20_000_000
+    REBOOT_NS = 2_000_000
 
+    def _blackout_hook(self) -> Callable[[str], None]:
         def hook(stage: str) -> None:
             if stage == "kexec-jump":
                 old = self.machine.current  # still the old kernel: it just jumped
@@ -247,10 +257,20 @@ class Run:
                     self.machine.pci.lose_bus_config(func)
                     self.machine.emit("machine", "pci", "bridge-reset",
                                       f"{name} lost its bus numbers during the kexec")
-            share = slices.get(stage)
-            if share:
-                self.run_dma(int(self.blackout_ns * share))
-                self.checker.check(f"DMA during blackout ({stage})")
+            if stage == "kexec-jump":
+                self.phase("jump + early boot")
+                self.run_dma(self.blackout_ns)
+            elif stage == "pci-enumerated":
+                self.phase("PCI enumeration")
+                k = self.machine.current
+                n = len(k.pci.devices()) if k is not None and k._devices else 0
+                self.run_dma(n * self.PCI_NS_PER_DEVICE)
+            elif stage == "iommu-ready":
+                self.phase("IOMMU, drivers, late init")
+                self.run_dma(self.DRIVER_INIT_NS)
+            else:
+                return
+            self.checker.check(f"DMA during blackout ({stage})")
         return hook
 
     def _track_ram(self, vmm: Vmm) -> None:
