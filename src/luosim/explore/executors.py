@@ -143,18 +143,24 @@ class RunRecord:
     outcome: str
     signature: str
     panic: str | None
-    reached: tuple[tuple[str, int], ...]
+    reached: tuple[tuple[str, int | tuple[int, ...]], ...]
     fired: tuple[str, ...]
     result: RunResult | None = field(default=None, compare=False, repr=False)
 
     @property
-    def reached_map(self) -> dict[str, int]:
+    def reached_map(self) -> dict[str, int | tuple[int, ...]]:
+        """Point -> hits, or -> the representative occurrences when the runner
+        reports them (one per call-site boundary, see FaultInjector)."""
         return dict(self.reached)
 
     @classmethod
     def from_result(cls, plan: Plan, result: RunResult, *, full: bool = False) -> RunRecord:
-        return cls(plan, result.outcome, result.signature(), result.panic,
-                   tuple(sorted((k, int(v)) for k, v in result.reached.items() if v)),
+        occ = getattr(result, "occurrences", None) or {}
+        reached: list[tuple[str, int | tuple[int, ...]]] = []
+        for k, v in sorted(result.reached.items()):
+            if v:
+                reached.append((k, tuple(occ[k]) if k in occ else int(v)))
+        return cls(plan, result.outcome, result.signature(), result.panic, tuple(reached),
                    tuple(result.fired), result if full else None)
 
 

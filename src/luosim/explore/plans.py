@@ -38,9 +38,16 @@ def effect_selected(effect: str, effects: str) -> bool:
     return corrupt if effects == "corrupt" else not corrupt
 
 
-def single_faults(reached: Mapping[str, int], effects: str = "all",
+Reached = Mapping[str, "int | tuple[int, ...]"]
+
+
+def single_faults(reached: Reached, effects: str = "all",
                   registry: Mapping[str, FaultPoint] | None = None) -> list[Fault]:
-    """Every one-fault injection possible in a run that reached ``reached``."""
+    """Every one-fault injection possible in a run that reached ``reached``.
+
+    A value is either the number of hits (every occurrence is tried) or the
+    tuple of representative occurrences the runner chose by call site.
+    """
     check_effects(effects)
     reg = REGISTRY if registry is None else registry
     out: list[Fault] = []
@@ -49,7 +56,9 @@ def single_faults(reached: Mapping[str, int], effects: str = "all",
         if fp is None:
             continue
         chosen = sorted(e for e in set(fp.effects) if effect_selected(e, effects))
-        for occurrence in range(1, int(reached[name]) + 1):
+        hits = reached[name]
+        occurrences = hits if isinstance(hits, tuple) else range(1, int(hits) + 1)
+        for occurrence in occurrences:
             out.extend(Fault(name, occurrence, e) for e in chosen)
     return out
 
@@ -76,13 +85,13 @@ def format_plan(plan: Plan) -> str:
     return " + ".join(plan_labels(plan)) if plan else "(no faults)"
 
 
-def depth1_plans(reached: Mapping[str, int], effects: str = "all",
+def depth1_plans(reached: Reached, effects: str = "all",
                  registry: Mapping[str, FaultPoint] | None = None) -> list[Plan]:
     """One-fault plans from the fault-free run's ``reached``."""
     return [(f,) for f in single_faults(reached, effects, registry)]
 
 
-def depth2_plans(followups: Iterable[tuple[Fault, Mapping[str, int]]], effects: str = "all",
+def depth2_plans(followups: Iterable[tuple[Fault, Reached]], effects: str = "all",
                  registry: Mapping[str, FaultPoint] | None = None) -> list[Plan]:
     """Two-fault plans: for each (f1, reached of f1's run), every f2 at another hit."""
     pairs: set[Plan] = set()

@@ -10,6 +10,7 @@ planned effect for that occurrence.  Effects are an errno name
 from __future__ import annotations
 
 import errno as _errno
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -118,6 +119,8 @@ class FaultInjector:
     plan: tuple[Fault, ...] = ()
     reached: Counter[str] = field(default_factory=Counter)
     fired: list[tuple[Fault, str]] = field(default_factory=list)
+    # point -> runs of consecutive hits from one call site: [first, last, site]
+    sites: dict[str, list[list[int | str]]] = field(default_factory=dict)
 
     def hit(self, name: str, context: str = "") -> str | None:
         """Record a pass through ``name``; return the planned effect, if any."""
@@ -125,6 +128,12 @@ class FaultInjector:
             raise KeyError(f"undeclared fault point {name!r}")
         self.reached[name] += 1
         n = self.reached[name]
+        site = _call_site()
+        runs = self.sites.setdefault(name, [])
+        if runs and runs[-1][2] == site:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n, site])
         for f in self.plan:
             if f.point == name and f.occurrence == n:
                 self.fired.append((f, context))
@@ -140,6 +149,37 @@ class FaultInjector:
         if effect is None or effect.startswith("corrupt:"):
             return effect
         raise KernelError(errno_value(effect), f"injected at {name}")
+
+
+    def representative_occurrences(self) -> dict[str, tuple[int, ...]]:
+        """Occurrences worth a fault each: first and last hit of every run of
+        consecutive hits from the same call site.
+
+        Failing the 1st or the 3000th folio of one memfd takes the same path;
+        the first and last of a run keep the boundaries (nothing preserved
+        yet / everything but the last) and every distinct caller.
+        """
+        out: dict[str, tuple[int, ...]] = {}
+        for name, runs in self.sites.items():
+            occ: set[int] = set()
+            for first, last, _site in runs:
+                occ.add(int(first))
+                occ.add(int(last))
+            out[name] = tuple(sorted(occ))
+        return out
+
+
+def _call_site() -> str:
+    """The function that called into the module holding the fault point."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back  # type: ignore[assignment]
+    home = frame.f_globals.get("__name__") if frame is not None else None
+    while frame is not None and frame.f_globals.get("__name__") == home:
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return str(home)
+    return f"{frame.f_globals.get('__name__')}:{frame.f_code.co_name}"
 
 
 ERRNO_NAMES = frozenset(_errno.errorcode.values())

@@ -52,6 +52,8 @@ class RunResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     devices: list[DeviceResult] = field(default_factory=list)
     reached: Counter[str] = field(default_factory=Counter)  # fault point -> hits
+    # fault point -> occurrences that differ by call site (what the explorer tries)
+    occurrences: dict[str, tuple[int, ...]] = field(default_factory=dict)
     fired: list[str] = field(default_factory=list)  # fault labels that fired
     phases: list[tuple[str, int]] = field(default_factory=list)  # (phase, simulated ns)
     pci_before: list[dict[str, Any]] = field(default_factory=list)

@@ -7,6 +7,7 @@ the returned :class:`RunResult`.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,7 @@ class Run:
         self.result.invariants = self.checker.results()
         self.result.events = [e.as_dict() for e in self.machine.events]
         self.result.reached = self.machine.faults.reached.copy()
+        self.result.occurrences = self.machine.faults.representative_occurrences()
         self.result.fired = [f.label() for f, _ctx in self.machine.faults.fired]
         dma = getattr(self.machine, "dma", None)
         if dma is not None:
@@ -205,6 +207,8 @@ class Run:
                     if layout != self.ctx.ram_layout[vm.name]:
                         self._ram_problem(vm.name, "retrieved memfd is not backed by the "
                                           "preserved folios")
+            self.ctx.extra["unfinished_kinds"] = sorted({p.kind for p in agent.unfinished()})
+            self._probe_finished_tokens(agent)
             self.ctx.phase = "finished" if sc.update.finish else "after-kexec"
             self.checker.check("finish")
             self.phase("guest running")
@@ -216,6 +220,23 @@ class Run:
                 self.ctx.phase = "preserved"
                 self.step("carry forward", lambda v=vmm: agent.carry_forward(v))  # type: ignore[misc]
 
+
+    def _probe_finished_tokens(self, agent: Agent) -> None:
+        """LUO-1's probe: RETRIEVE_FD on a finished session must be ENOENT
+        (luo.md §2.4); the call changes nothing when it fails as it should."""
+        for p in agent.preserved:
+            if p.state != "finished":
+                continue
+            session = agent.session(p.session)
+            if session is None:
+                continue
+            try:
+                session.retrieve_fd(p.token)
+            except OSError as exc:
+                ok = exc.errno == errno.ENOENT
+            else:
+                ok = False
+            self.ctx.retrieved_tokens[(p.session, p.token)] = 1 if ok else -1
 
     def _summarize_devices(self) -> None:
         """PCI tree after, BDFs before/after: whatever point the run reached."""
@@ -245,8 +266,10 @@ class Run:
                 old = self.machine.current  # still the old kernel: it just jumped
                 if old is not None:  # observer's note of who preserved what
                     self.ctx.extra["owners"] = dict(old.kho.owner)
+                    from luosim.check.rules_iommu import snapshot_iommu_at_jump
                     from luosim.check.rules_pci import snapshot_at_jump
                     snapshot_at_jump(self.ctx, old)
+                    snapshot_iommu_at_jump(self.ctx)
                 before = self.ctx.extra.get("ram_before_jump", {})
                 for vm, fp in self._ram_fingerprints().items():
                     if before.get(vm) != fp:

@@ -1,11 +1,13 @@
 """The live-update agent: the single owner of /dev/liveupdate.
 
-Before kexec it creates sessions and preserves each VM's files in the
-order the kernel requires (memfd, then iommufd, then vfio cdevs, spec
-pci.md §7.3 and §8), keeps the session fds open through reboot(KEXEC), and
-after kexec retrieves and finishes.  IOMMU live update phase 1 cannot
-retrieve an iommufd (pci.md §7.4.4), so each VM's iommufd goes into its
-own session that stays pending in the new kernel, by design.
+Before kexec it creates one session per VM and preserves the VM's files in
+the order the kernel requires (memfd, then iommufd, then vfio cdevs, each
+found by the next in the same session: spec pci.md §7.3 and §8), keeps the
+session fds open through reboot(KEXEC), and after kexec retrieves them.
+IOMMU live update phase 1 cannot retrieve an iommufd, so a session holding
+one cannot be finished (pci.md §7.4.4): the agent leaves it retrieved and
+unfinished, by design, and the devices stay owned by the preserved token.
+Sessions without an iommufd are finished.
 """
 
 from __future__ import annotations
@@ -62,14 +64,16 @@ class Agent:
             self._emit("create-session", f"created session {name!r}")
         return s
 
+    def session(self, name: str) -> Session | None:
+        """The open session fd of ``name`` (outgoing or retrieved)."""
+        return self._sessions.get(name)
+
     def _token(self, vmm: Vmm, vm: Vm, base: int) -> int:
         """Tokens are unique per session; one shared session adds the VM index."""
         return base if self.sessions_mode == "per-vm" else base + (vmm.vms.index(vm) << 16)
 
-    def _names(self, vm: Vm) -> tuple[str, str]:
-        if self.sessions_mode == "single":
-            return "luosim", "luosim-iommu"
-        return vm.name, f"{vm.name}-iommu"
+    def _name(self, vm: Vm) -> str:
+        return "luosim" if self.sessions_mode == "single" else vm.name
 
     def preserve(self, vmm: Vmm) -> None:
         """Open /dev/liveupdate and preserve every VM in dependency order."""
@@ -77,7 +81,7 @@ class Agent:
             return
         self._dev = self.kernel.open_liveupdate()
         for vm in vmm.vms:
-            main, iommu = self._names(vm)
+            main = self._name(vm)
             s = self._session(main)
             assert vm.ram is not None
             token = self._token(vmm, vm, TOKEN_RAM)
@@ -89,13 +93,12 @@ class Agent:
             if self.preserve_mode != "all" or not vm.devices:
                 continue
             if vm.iommufd is not None:
-                si = self._session(iommu)
                 token = self._token(vmm, vm, TOKEN_IOMMUFD)
-                si.preserve_fd(vm.iommufd, token)
-                self.preserved.append(Preserved(iommu, token, "iommufd", f"{vm.name}-iommufd",
+                s.preserve_fd(vm.iommufd, token)
+                self.preserved.append(Preserved(main, token, "iommufd", f"{vm.name}-iommufd",
                                                 vm.name))
                 self._emit("preserve", f"{vm.name}: iommufd (HWPT token {vm.hwpt_token:#x}) "
-                           f"in session {iommu!r}")
+                           f"in session {main!r}")
             # without a preserved iommufd the kernel refuses the cdev: let it say how
             for i, d in enumerate(vm.devices):
                 assert d.file is not None
@@ -108,8 +111,9 @@ class Agent:
         self._dev = None
 
     def retrieve_and_finish(self, kernel: Kernel, vmm_old: Vmm, finish: bool) -> Vmm:
-        """In the new kernel: retrieve every session but the pending iommufd ones,
-        verify guest RAM, restart DMA on retrieved devices, then FINISH."""
+        """In the new kernel: retrieve every session, the guest RAM and the devices,
+        restart DMA, then FINISH the sessions that can be finished."""
+        from luosim.userspace.vmm import DeviceAssignment
         self.kernel = kernel
         new = Vmm(kernel)
         if self.preserve_mode == "none":
@@ -118,22 +122,20 @@ class Agent:
         by_session: dict[str, list[Preserved]] = {}
         for p in self.preserved:
             by_session.setdefault(p.session, []).append(p)
-        retrieved: dict[str, Session] = {}
         vms: dict[str, Vm] = {}
         for name, items in by_session.items():
-            if all(p.kind == "iommufd" for p in items):
-                for p in items:
-                    p.state = "pending (iommufd retrieval is IOMMU phase 2)"
-                self._emit("leave-pending", f"session {name!r} left for the IOMMU FLB "
-                           "(DMA ownership stays with the preserved token)")
-                continue
             s = dev.retrieve_session(name)
-            retrieved[name] = s
+            self._sessions[name] = s
             self._emit("retrieve-session", f"retrieved session {name!r}")
             for p in items:
                 old = next(v for v in vmm_old.vms if v.name == p.vm)
                 vm = vms.setdefault(p.vm, Vm(old.name, old.memory, old.folio_order, dma=old.dma,
                                              hwpt_token=old.hwpt_token))
+                if p.kind == "iommufd":
+                    p.state = "left preserved (IOMMU phase 1: not retrievable)"
+                    self._emit("leave-pending", f"{p.vm}: iommufd stays with the IOMMU FLB; "
+                               "the devices' DMA ownership stays with its token")
+                    continue
                 f = s.retrieve_fd(p.token)
                 p.state = "retrieved"
                 if p.kind == "memfd":
@@ -143,28 +145,33 @@ class Agent:
                                f"({vm.memory >> 20} MiB)")
                 elif p.kind == "vfio":
                     assign = next(d for d in old.devices if d.name == p.obj)
-                    from luosim.userspace.vmm import DeviceAssignment
                     vm.devices.append(DeviceAssignment(p.obj, assign.bdf, f))  # type: ignore[arg-type]
                     self._emit("retrieve", f"{p.vm}: vfio device {p.obj}")
         new.vms = list(vms.values())
         for vm in new.vms:
             new.start_dma(vm)
         if finish:
-            for name, s in retrieved.items():
-                s.finish()
-                for p in by_session[name]:
+            for name, items in by_session.items():
+                if any(p.kind == "iommufd" for p in items):
+                    self._emit("leave-unfinished", f"session {name!r} not finished: it holds "
+                               "an iommufd, which IOMMU phase 1 cannot finish (pci.md §7.4.4)")
+                    continue
+                self._sessions[name].finish()
+                for p in items:
                     p.state = "finished"
                 self._emit("finish", f"finished session {name!r}")
         dev.close()
         return new
 
+    def unfinished(self) -> list[Preserved]:
+        """Objects of sessions deliberately left unfinished in the new kernel."""
+        return [p for p in self.preserved if p.state != "finished"]
+
     def carry_forward(self, vmm: Vmm) -> None:
         """Before a further kexec: preserve the retrieved (finished) files again in
         new outgoing sessions (spec luo.md §1.3: nothing is carried automatically)."""
-        pending = [p for p in self.preserved if p.kind == "iommufd"]
         self.preserved = []
         self._sessions = {}
         self.preserve(vmm)
-        self.preserved.extend(pending)
 
 

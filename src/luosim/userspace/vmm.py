@@ -10,6 +10,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from luosim.abi.memfd import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
+
 if TYPE_CHECKING:
     from luosim.kernel.iommu.iommufd import IommufdFile
     from luosim.kernel.kernel import Kernel
@@ -63,6 +65,8 @@ class Vmm:
         vm = Vm(name, memory, folio_order, dma=dma)
         vm.ram = k.memfd_create(f"{name}-ram", memory, folio_order=folio_order)
         vm.ram.fill(0, memory, seed)
+        # guest RAM never changes size; iommufd preservation requires the seals
+        vm.ram.add_seals(F_SEAL_SEAL | F_SEAL_GROW | F_SEAL_SHRINK)
         vm.ram_fingerprint = vm.ram.fingerprint()
         if devices:
             vm.iommufd = k.iommufd_mod.open()

@@ -32,13 +32,10 @@ the version with ``check_iopt_pages_preserved()``; spec pci.md §7.3, §11):
 * ``retrieve``: returns **EOPNOTSUPP** in that version (phase 1: the
   iommufd cannot be retrieved); ``can_finish`` is always false.
 
-Model deviations, documented: the kernel looks the memfd (and, for the
-cdev, the iommufd) up **in the same session** (``args->session``); LUO's
-``FileOpArgs`` here carries no session, so the model accepts a file
-preserved in **any** outgoing session (the agent puts each VM's iommufd in
-its own session, which the real check would refuse with ENOENT).  The
-kernel also requires the memfd to be sealed (F_SEAL_SEAL|GROW|SHRINK,
-else EINVAL); the model does not check seals.  Mapping changes on an IOAS
+The memfd (and, for the cdev, the iommufd) is looked up **in the same
+session** (``args.file_set``, the kernel's ``args->session``), and the memfd
+must be sealed against resizing (F_SEAL_SEAL|GROW|SHRINK, else EINVAL), as
+``check_iopt_pages_preserved()`` requires.  Mapping changes on an IOAS
 whose HWPT is preserved are refused with EBUSY (the series makes the IOAS
 immutable; errno UNCONFIRMED).
 
@@ -55,7 +52,9 @@ import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from luosim.abi.memfd import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
 
 from luosim.abi.iommu import IOMMUFD_LUO_FH_COMPATIBLE
 from luosim.errors import KernelError
@@ -140,6 +139,9 @@ class IommufdDevice:
     dev: IommuDevice
     hwpt: Hwpt | None = None
     preserved: bool = False
+
+
+_REQUIRED_SEALS = F_SEAL_SEAL | F_SEAL_GROW | F_SEAL_SHRINK
 
 
 class IommufdFile(File):
@@ -312,11 +314,11 @@ class IommufdFile(File):
         self.kernel.iommu.attach(idev.dev, self.kernel.iommu.blocked)
         idev.hwpt = None
 
-    def outgoing_token(self) -> int:
+    def outgoing_token(self, file_set: Any = None) -> int:
         """``liveupdate_get_token_outgoing()`` for this file: ENOENT if not preserved."""
-        return self.mod.outgoing_token(self)
+        return self.mod.outgoing_token(self, file_set)
 
-    def device_preserve(self, dev_id: int) -> int:
+    def device_preserve(self, dev_id: int, file_set: Any = None) -> int:
         """``iommufd_device_preserve()`` -> the iommufd's LUO token (pci.md §7.3).
 
         ENOENT: no RID attachment; EINVAL: attached HWPT not paging or not
@@ -329,7 +331,7 @@ class IommufdFile(File):
         if idev.hwpt.domain.kind != "paging" or not idev.hwpt.lu_preserve:
             raise KernelError(errno.EINVAL, f"{idev.pdev.name}: HWPT {idev.hwpt.id} is not "
                               "marked for preservation")
-        token = self.outgoing_token()
+        token = self.outgoing_token(file_set)
         self.kernel.iommu.preserve_device(idev.hwpt.domain, idev.dev, token)
         idev.preserved = True
         return token
@@ -426,7 +428,11 @@ class IommufdFileHandler(FileHandler):
             for h in marked:
                 if h.ioas.id not in visited:
                     for a in h.ioas.areas:
-                        if not self.mod.is_preserved(cast(File, a.file)):
+                        seals = int(getattr(a.file, "seals", 0))
+                        if seals & _REQUIRED_SEALS != _REQUIRED_SEALS:
+                            raise KernelError(errno.EINVAL, f"{a.file.name} mapped at "
+                                              f"{a.iova:#x} is not sealed against resize")
+                        if not self.mod.is_preserved(cast(File, a.file), args.file_set):
                             raise KernelError(errno.ENOENT, f"{a.file.name} mapped at "
                                               f"{a.iova:#x} is not preserved")
                     visited.add(h.ioas.id)
@@ -503,18 +509,24 @@ class Iommufd:
         return IommufdFile(self)
 
     # -- LUO lookups (see the module docstring for the session deviation) --
-    def _outgoing_files(self) -> Iterator[tuple[int, File]]:
-        for sess in self.kernel.liveupdate.sessions.outgoing:
-            for lf in sess.files.files:
+    def _outgoing_files(self, file_set: Any = None) -> Iterator[tuple[int, File]]:
+        """Preserved files of ``file_set`` (the session being preserved into), or of
+        every outgoing session when called outside a preserve."""
+        sets = [file_set] if file_set is not None else \
+            [sess.files for sess in self.kernel.liveupdate.sessions.outgoing]
+        for fs in sets:
+            for lf in fs.files:
                 if lf.file is not None:
                     yield lf.token, lf.file
 
-    def is_preserved(self, file: File) -> bool:
-        return any(f is file for _t, f in self._outgoing_files())
+    def is_preserved(self, file: File, file_set: Any = None) -> bool:
+        return any(f is file for _t, f in self._outgoing_files(file_set))
 
-    def outgoing_token(self, file: File) -> int:
-        """``liveupdate_get_token_outgoing()``: ENOENT when ``file`` is not preserved."""
-        for token, f in self._outgoing_files():
+    def outgoing_token(self, file: File, file_set: Any = None) -> int:
+        """``liveupdate_get_token_outgoing()``: ENOENT when ``file`` is not preserved
+        in the session (luo_file.c: "-ENOENT if the file is not preserved in this
+        session")."""
+        for token, f in self._outgoing_files(file_set):
             if f is file:
                 return token
-        raise KernelError(errno.ENOENT, f"{file.name} is not preserved")
+        raise KernelError(errno.ENOENT, f"{file.name} is not preserved in this session")

@@ -84,6 +84,9 @@ class FileOpArgs:
     private_data: Any = None
     retrieve_status: int = 0
     kernel: Kernel | None = None
+    # the session's file set: ``liveupdate_get_token_outgoing()`` lookups made
+    # by a handler's preserve are scoped to the session being preserved into
+    file_set: Any = None
 
 
 class FileHandler:
@@ -356,7 +359,7 @@ class LuoFileSet:
             self.core.flbs.outgoing_get(flbs)
             undo.append(lambda: self.core.flbs.outgoing_put(flbs))
             lf.flbs = flbs
-            args = FileOpArgs(handler=fh, file=file, kernel=self.kernel)
+            args = FileOpArgs(handler=fh, file=file, kernel=self.kernel, file_set=self)
             mgr.check_fault(fh, "preserve")
             fh.preserve(args)
         except KernelError:

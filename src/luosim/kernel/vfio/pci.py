@@ -251,7 +251,7 @@ class VfioPciLuoHandler(FileHandler):
         k = self.mod.kernel
         iommufd_done = False
         if f.iommufd is not None and f.hwpt_id:  # device->iommufd_attached
-            f.iommufd.device_preserve(f.dev_id)
+            f.iommufd.device_preserve(f.dev_id, args.file_set)
             iommufd_done = True
         try:
             k.pci_lu.preserve(f.pdev)

@@ -1,0 +1,83 @@
+"""IOMMU invariant of spec pci.md §10.7, read from the VT-d hardware state.
+
+At hand-over only preserved RequesterIDs may have context entries; after the
+kexec translation never turns off on a unit that had them, every preserved
+device keeps its page-table root and domain ID, and no other device is given a
+preserved domain ID.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from luosim.abi.pci import parse_bdf
+from luosim.check.invariants import CheckContext, invariant
+
+
+def _preserved_rids(ctx: CheckContext) -> dict[tuple[int, int], str]:
+    out: dict[tuple[int, int], str] = {}
+    for name, bdf in ctx.preserved_bdfs.items():
+        seg, rid = parse_bdf(bdf)
+        out[(seg, rid)] = name
+    return out
+
+
+def snapshot_iommu_at_jump(ctx: CheckContext) -> None:
+    """Record every present context entry right after the old kernel shut down."""
+    iommu = getattr(ctx.machine, "iommu", None)
+    if iommu is None:
+        return
+    entries: dict[tuple[int, int], tuple[int, int]] = {}
+    enabled: dict[int, bool] = {}
+    for unit in iommu.units:
+        enabled[unit.reg_base] = unit.translation_enabled
+        if not unit.root_table_set:
+            continue
+        for bus, devfn, e in iommu.context_entries(unit):
+            entries[(unit.segment, bus << 8 | devfn)] = (e.pgtable, e.domain_id)
+    ctx.extra["iommu_at_jump"] = {"entries": entries, "enabled": enabled,
+                                  "time": ctx.machine.clock.now_ns}
+
+
+@invariant("IOMMU-7", "at hand-over only preserved RequesterIDs have context entries; after "
+           "kexec translation stays on and each preserved device keeps its page-table root "
+           "and domain ID, which no other device gets", "pci.md §10.7, §7.3, §7.4")
+def iommu_handover(ctx: CheckContext) -> str | None:
+    snap: dict[str, Any] | None = ctx.extra.get("iommu_at_jump")
+    iommu = getattr(ctx.machine, "iommu", None)
+    if snap is None or iommu is None:
+        return None
+    preserved = _preserved_rids(ctx)
+    entries: dict[tuple[int, int], tuple[int, int]] = snap["entries"]
+    if not ctx.extra.get("iommu_jump_checked"):
+        ctx.extra["iommu_jump_checked"] = True
+        for (seg, rid), _e in sorted(entries.items()):
+            if (seg, rid) not in preserved:
+                return (f"context entry for {seg:04x}:{rid >> 8:02x}:{(rid >> 3) & 31:02x}."
+                        f"{rid & 7} survives the hand-over but no preserved device has it")
+    k = ctx.kernel
+    if k is None or not getattr(k, "booted", False) or ctx.phase not in ("after-kexec",
+                                                                          "finished"):
+        return None
+    for unit in iommu.units:
+        had_preserved = any(seg == unit.segment for seg, _rid in entries)
+        if not (had_preserved and snap["enabled"].get(unit.reg_base)):
+            continue
+        off = [t for t, on in unit.te_history if t >= snap["time"] and not on]
+        if off:
+            return f"unit {unit.reg_base:#x} turned translation off at {off[0]} ns after kexec"
+    now: dict[tuple[int, int], tuple[int, int]] = {}
+    for unit in iommu.units:
+        if unit.root_table_set:
+            for bus, devfn, e in iommu.context_entries(unit):
+                now[(unit.segment, bus << 8 | devfn)] = (e.pgtable, e.domain_id)
+    preserved_dids = {(seg, entries[(seg, rid)][1]) for seg, rid in preserved
+                      if (seg, rid) in entries}
+    for key, name in sorted(preserved.items()):
+        if key in entries and now.get(key) != entries[key]:
+            return (f"{name}: context entry {entries[key]} (page-table root, DID) became "
+                    f"{now.get(key)} after kexec")
+    for (seg, rid), (_pt, did) in sorted(now.items()):
+        if (seg, rid) not in preserved and (seg, did) in preserved_dids:
+            return f"RequesterID {rid:#06x} was given preserved domain ID {did}"
+    return None
