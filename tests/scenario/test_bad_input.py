@@ -29,7 +29,8 @@ BAD = {
     "fault": ("faults: ['nosuch#1=ENOMEM']\n", "faults: unknown fault point 'nosuch'"),
     "vm-device": ("workload: {vms: [{name: vm0, devices: [ghost]}]}\n",
                   "workload.vms[0].devices: no device named 'ghost'"),
-    "endpoint-children": ("machine:\n  segments:\n    - devices: [{slot: 1, children: [{slot: 0}]}]\n",
+    "endpoint-children": ("machine:\n  segments:\n"
+                          "    - devices: [{slot: 1, children: [{slot: 0}]}]\n",
                           "machine.segments[0].devices[0]: an endpoint has no children or ports"),
     "duplicate-slot": ("machine:\n  segments:\n    - devices: [{slot: 1}, {slot: 1}]\n",
                        "machine.segments[0]: devices[1]: slot 1 function 0 is already used"),

@@ -61,8 +61,7 @@ def outgoing_accounting(ctx: CheckContext) -> str | None:
         if refs.get(dev.name) != 1:
             return f"endpoint {dev.name} has refcount {refs.get(dev.name)}"
     for name in refs:
-        dev = k.pci.find(name)
-        if dev is None:
+        if k.pci.find(name) is None:
             return f"outgoing slot {name} names no live device"
     return None
 

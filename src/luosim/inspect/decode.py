@@ -77,8 +77,8 @@ def _luo_ser(data: bytes) -> dict[str, Any]:
 
 def _pci(version: str) -> Callable[[bytes], dict[str, Any]]:
     def decode(data: bytes) -> dict[str, Any]:
-        cls = {"pci-v6": pci_abi.PciSerV6, "pci-v7": pci_abi.PciSerV7,
-               "pci-v9": pci_abi.PciSerV9}[version]
+        cls: Any = {"pci-v6": pci_abi.PciSerV6, "pci-v7": pci_abi.PciSerV7,
+                    "pci-v9": pci_abi.PciSerV9}[version]
         ser = cls.decode(data)
         return {"kind": version, **_fields(ser)}
     return decode

@@ -54,9 +54,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from luosim.abi.memfd import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
-
 from luosim.abi.iommu import IOMMUFD_LUO_FH_COMPATIBLE
+from luosim.abi.memfd import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
 from luosim.errors import KernelError
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
