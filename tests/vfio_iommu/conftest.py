@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from luosim.abi.memfd import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
 from luosim.hw.machine import Machine
 from luosim.kernel.iommu.iommufd import IommufdFile
 from luosim.kernel.kernel import Kernel
@@ -41,10 +42,14 @@ class Vm:
     hwpt: int
 
 
+SEALS = F_SEAL_SEAL | F_SEAL_GROW | F_SEAL_SHRINK
+
+
 def make_vm(k: Kernel, bdf: str = DSA0, *, ram: int = RAM, mark: bool = True,
             folio_order: int = 0) -> Vm:
     """memfd guest RAM mapped at 4 GiB, device bound + attached to a paging HWPT."""
     mem = k.memfd_create("ram", ram, folio_order=folio_order)
+    mem.add_seals(SEALS)  # iommufd preservation requires a memfd that cannot resize
     fd = k.iommufd_mod.open()
     ioas = fd.ioas_alloc()
     fd.ioas_map_file(ioas, mem, 0, ram, IOVA)
