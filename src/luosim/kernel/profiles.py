@@ -18,6 +18,9 @@ POLICIES: dict[str, tuple[str, ...]] = {
     "pci.v6_compat": ("pci-v3", "pci-v2", "pci-v1"),
     # pci.md §2.1 / §6.2: DMA across kexec; vfio v4/v5 reset the device at freeze
     "dma.mode": ("reset-at-freeze", "continuous"),
+    # pci.md §7.4.3: IOMMU v1 WARNs and falls back to the default domain when a
+    # preserved domain cannot be restored (later versions UNCONFIRMED)
+    "iommu.restore_failure": ("warn", "panic"),
 }
 
 
@@ -65,7 +68,7 @@ def check_policy(key: str, value: str) -> None:
 
 
 _DEFAULTS = {"pci.retrieve_failure": "panic", "pci.v6_compat": "pci-v3",
-             "dma.mode": "reset-at-freeze"}
+             "dma.mode": "reset-at-freeze", "iommu.restore_failure": "warn"}
 
 PROFILES: dict[str, Profile] = {
     "v6": Profile("v6", luo_abi="luo-v1", pci_abi="v6", pci_cleanup="v6", pci_bus_rule="v6",

@@ -403,6 +403,8 @@ class IommuSubsystem:
                                   "missing or deleted")
             domain = self.restored_domains.get(drec.phys) or self._restore_domain(drec)
         except KernelError as exc:
+            if k.policy("iommu.restore_failure") == "panic":
+                k.panic(f"iommu: {dev.name}: failed to restore preserved domain ({exc})")
             k.warn("iommu", f"WARNING: {dev.name}: failed to restore preserved domain "
                    f"({exc}); using the default domain")
             dev.incoming = None

@@ -172,16 +172,21 @@ class LuoCore:
             self._setup_incoming_flbs(ser.flbs_pa)
 
     def _setup_incoming_flbs(self, flb_pa: int) -> None:
-        """Models luo_flb_setup_incoming(): copy the FLB records, claim the page."""
+        """Models luo_flb_setup_incoming(): copy the FLB records, claim the page.
+
+        Part of the early incoming parse: a block that cannot be claimed or
+        decoded ends in luo_restore_fail() like every other parse error (spec
+        luo.md §1.1, §6).  Carrying on would make every FLB owner see ENODATA,
+        "nothing preserved", while their hardware state is still live.
+        """
         k = self.kernel
         if k.kho.restore_folio(flb_pa) is None:
-            k.warn("luo", f"incoming FLB block {flb_pa:#x} was not preserved; FLB data lost")
-            return
+            self._restore_fail(f"incoming FLB block {flb_pa:#x} was not preserved")
         try:
             self.flbs.incoming_records = decode_flb_block(
                 k.machine.memory.read(flb_pa, LUO_FLB_BLOCK_SIZE))
         except DecodeError as exc:
-            k.warn("luo", f"incoming FLB block is invalid: {exc}")
+            self._restore_fail(f"incoming FLB block is invalid: {exc}")
         k.mm.free_pages(flb_pa)
 
     def late_init(self) -> None:
