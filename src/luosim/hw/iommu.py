@@ -628,12 +628,19 @@ class IommuHardware:
         return e if e.present else None
 
     def context_tables(self, unit: VtdUnit) -> dict[int, int]:
-        """bus -> context-table page of every present root entry (for KHO)."""
+        """bus -> context-table page of every present root entry (for KHO).
+
+        A root entry whose pointer leaves RAM (garbage in a scrubbed table) is
+        skipped: the hardware would fault on it, there is no table to list.
+        """
+        root = unit.rtaddr
+        if root % PAGE_SIZE or root + PAGE_SIZE > self.memory.size:
+            return {}
         raw = self.memory.read(self._root_slot(unit, 0), PAGE_SIZE)
         out: dict[int, int] = {}
         for bus in range(NR_BUSES):
             e = RootEntry.decode(raw[bus * ROOT_ENTRY_SIZE:(bus + 1) * ROOT_ENTRY_SIZE])
-            if e.present:
+            if e.present and e.context_table + PAGE_SIZE <= self.memory.size:
                 out[bus] = e.context_table
         return out
 
