@@ -62,20 +62,14 @@ class BusRegs(_Model):
     subordinate: int = Field(ge=0, le=255)
 
 
-class PortSpec(_Model):
-    """A switch downstream port: a bridge on the switch's internal bus."""
+class _Function(_Model):
+    """What every PCI function in a topology has: a slot, a name and ids."""
 
     slot: int = Field(ge=0, le=31)
     name: str | None = Field(default=None, min_length=1, max_length=48,
                              pattern=r"^[A-Za-z0-9_.-]+$")
     vendor: HexInt = 0x8086
     device: HexInt = 0x0000
-    acs: bool | None = None
-    ari: bool = False
-    hotplug: bool = False
-    present: bool = True
-    firmware_bus: BusRegs | None = None
-    children: list[DeviceSpec] = Field(default_factory=list)
 
     @field_validator("vendor", "device")
     @classmethod
@@ -85,21 +79,28 @@ class PortSpec(_Model):
             raise ValueError(f"expected a 16-bit id, got {v!r}")
         return val
 
+
+class PortSpec(_Function):
+    """A switch downstream port: a bridge on the switch's internal bus."""
+
+    acs: bool | None = None
+    ari: bool = False
+    hotplug: bool = False
+    present: bool = True
+    firmware_bus: BusRegs | None = None
+    children: list[DeviceSpec] = Field(default_factory=list)
+
+
     @model_validator(mode="after")
     def _bus(self) -> PortSpec:
         _check_bus("children", self.children)
         return self
 
 
-class DeviceSpec(_Model):
+class DeviceSpec(_Function):
     """One PCI function (or multi-function device) on a bus."""
 
-    slot: int = Field(ge=0, le=31)
     kind: Literal["endpoint", "root-port", "bridge", "switch"] = "endpoint"
-    name: str | None = Field(default=None, min_length=1, max_length=48,
-                             pattern=r"^[A-Za-z0-9_.-]+$")
-    vendor: HexInt = 0x8086
-    device: HexInt = 0x0000
     acs: bool | None = None
     ari: bool = False
     hotplug: bool = False
@@ -111,13 +112,6 @@ class DeviceSpec(_Model):
     ports: list[PortSpec] = Field(default_factory=list)
     needs_acs_quirk: bool = False
 
-    @field_validator("vendor", "device")
-    @classmethod
-    def _ids(cls, v: HexInt) -> int:
-        val = _hex(v, "id")
-        if not 0 <= val <= 0xFFFF:
-            raise ValueError(f"expected a 16-bit id, got {v!r}")
-        return val
 
     @field_validator("functions")
     @classmethod
