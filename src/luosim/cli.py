@@ -126,6 +126,8 @@ def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debug
     try:
         report = decode_blob(data, kind)
     except InspectError as exc:
+        if exc.classification == "bad-argument":
+            fail(f"--as: {exc}")
         out.print(f"[bold red]{file}: {exc.classification}[/]: {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     if as_json:
