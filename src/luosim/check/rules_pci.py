@@ -124,6 +124,8 @@ def acs_inherited(ctx: CheckContext) -> str | None:
            "RETRIEVE_FD (the PCI core knows it is incoming)", "pci.md §10.8, §6.2")
 def exclusivity(ctx: CheckContext) -> str | None:
     k = _live(ctx)
+    for name in ctx.extra.get("foreign_bound", []):
+        return f"a DMA-API driver bound preserved {name} before RETRIEVE_FD"
     if k is None or ctx.phase != "after-kexec" or ctx.step != "boot after kexec":
         return None
     for name in sorted(ctx.preserved_bdfs):

@@ -73,6 +73,8 @@ _DECLARING_MODULES = (
     "luosim.kernel.iommu.liveupdate",
     "luosim.kernel.iommu.iommufd",
     "luosim.kernel.vfio.pci",
+    "luosim.userspace.agent",
+    "luosim.scenario.runner",
 )
 
 
@@ -161,6 +163,9 @@ class FaultInjector:
         """
         out: dict[str, tuple[int, ...]] = {}
         for name, runs in self.sites.items():
+            if self.reached[name] <= EVERY_OCCURRENCE_UP_TO:
+                out[name] = tuple(range(1, self.reached[name] + 1))
+                continue
             occ: set[int] = set()
             for first, last, _site in runs:
                 occ.add(int(first))
@@ -183,3 +188,6 @@ def _call_site() -> str:
 
 
 ERRNO_NAMES = frozenset(_errno.errorcode.values())
+# a point hit this few times is tried at every occurrence (which device,
+# which bridge, which session matters); beyond, per call-site boundary
+EVERY_OCCURRENCE_UP_TO = 16

@@ -56,9 +56,11 @@ class Event:
     detail: str
     level: str = "info"
     data: Mapping[str, Any] = field(default_factory=dict)
+    step: str = ""  # the runner's phase when it happened
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "time_ns": self.time_ns, "kernel": self.kernel,
+        return {"seq": self.seq, "time_ns": self.time_ns, "step": self.step,
+                "kernel": self.kernel,
                 "subsystem": self.subsystem, "kind": self.kind, "detail": self.detail,
                 "level": self.level, **({"data": dict(self.data)} if self.data else {})}
 
@@ -92,6 +94,7 @@ class Machine:
         # observers of boot stages ("kexec-jump", "pci-enumerated", "iommu-ready",
         # "booted"): the runner lets devices run DMA through the blackout here
         self.stage_hooks: list[Callable[[str], None]] = []
+        self.step = ""  # set by whoever drives the machine (the scenario runner)
         self._attach_hardware()
 
     def _attach_hardware(self) -> None:
@@ -118,7 +121,7 @@ class Machine:
     def emit(self, kernel: str, subsystem: str, kind: str, detail: str,
              level: str = "info", **data: Any) -> Event:
         ev = Event(len(self.events), self.clock.now_ns, kernel, subsystem, kind, detail,
-                   level, data)
+                   level, data, self.step)
         self.events.append(ev)
         return ev
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import luosim.check.rules_core  # noqa: F401  (registers invariants)
 from luosim.check.invariants import CheckContext, Checker, PfnRanges
 from luosim.errors import DeadKernelError, KernelError, KernelPanic, errname
-from luosim.faults import Fault
+from luosim.faults import Fault, point
 from luosim.hw.machine import Machine
 from luosim.hw.memory import PAGE_SHIFT
 from luosim.scenario.result import DeviceResult, RunResult
@@ -26,6 +26,16 @@ if TYPE_CHECKING:
     from luosim.kernel.kernel import Kernel
 
 _rules_loaded = False
+
+# environment and userspace faults (issue "Fault explorer" §1): not kernel errnos,
+# so they are "corrupt:" effects, hit once per preserved device/bridge/session
+FP_DEVICE_MISSING = point("hw.device_missing", ("corrupt:unplugged",),
+                          "a preserved device is gone after the kexec (pulled, dead link)")
+FP_BRIDGE_LOST = point("hw.bridge_config_lost", ("corrupt:bus-numbers",),
+                       "a bridge above a preserved device loses its bus numbers in the kexec")
+FP_WRONG_DRIVER = point("userspace.wrong_driver", ("corrupt:dma-api-bind",),
+                        "a DMA-API driver tries to bind a preserved device before vfio "
+                        "retrieves it (the user's job per pci.md §5.6)")
 
 
 def _load_rules() -> None:
@@ -74,6 +84,7 @@ class Run:
         if self._phase_name is not None:
             self.phases.append((self._phase_name, now - self._phase_start))
         self._phase_name, self._phase_start = name, now
+        self.machine.step = name
         self.machine.emit(self.kernel.name if self.kernel else "runner", "runner", "phase", name)
         if self.on_phase is not None:
             self.on_phase(name)
@@ -198,6 +209,9 @@ class Run:
             self.ctx.phase = "after-kexec"
             self.ctx.liveupdate_numbers.append(k.liveupdate.liveupdate_number_in)
             self.checker.check("boot after kexec")
+            if k._devices:
+                self._foreign_driver_probes(k)
+                self.checker.check("driver probes")
             self.phase("userspace: retrieve + finish")
             vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
                 kk, old, sc.update.finish))
@@ -220,6 +234,44 @@ class Run:
                 self.ctx.phase = "preserved"
                 self.step("carry forward", lambda v=vmm: agent.carry_forward(v))  # type: ignore[misc]
 
+
+    def _environment_faults(self) -> None:
+        """Hardware changes during the jump, as the explorer plans them."""
+        faults = self.machine.faults
+        pci = self.machine.pci
+        bridges: list[str] = []
+        for name in sorted(self.ctx.preserved_bdfs):
+            if faults.hit(FP_DEVICE_MISSING, name):
+                pci.hot_remove(name)
+                self.machine.emit("machine", "pci", "device-missing",
+                                  f"{name} is gone after the kexec")
+            for b in pci.upstream_bridges(pci.find(name)):
+                if b.hw_id not in bridges:
+                    bridges.append(b.hw_id)
+        for name in bridges:
+            if faults.hit(FP_BRIDGE_LOST, name):
+                pci.lose_bus_config(pci.find(name))
+                self.machine.emit("machine", "pci", "bridge-reset",
+                                  f"{name} lost its bus numbers during the kexec")
+
+    def _foreign_driver_probes(self, k: Kernel) -> None:
+        """A DMA-API driver tries each preserved device before the agent retrieves it:
+        it must be refused (EBUSY, pci.md §7.4.4); if it binds, VFIO-8 breaks."""
+        for name in sorted(self.ctx.preserved_bdfs):
+            if not self.machine.faults.hit(FP_WRONG_DRIVER, name):
+                continue
+            dev = k.pci.find_hw(name)
+            if dev is None:
+                continue
+            try:
+                k.iommu.bind_dma_api_driver(dev.name)
+            except OSError as exc:
+                self.machine.emit(k.name, "userspace", "driver-refused",
+                                  f"DMA-API driver bind of {name} refused: {exc.strerror}")
+            else:
+                self.ctx.extra.setdefault("foreign_bound", []).append(name)
+                self.machine.emit(k.name, "userspace", "driver-bound",
+                                  f"a DMA-API driver took preserved {name}", "error")
 
     def _probe_finished_tokens(self, agent: Agent) -> None:
         """LUO-1's probe: RETRIEVE_FD on a finished session must be ENOENT
@@ -263,6 +315,7 @@ class Run:
     def _blackout_hook(self) -> Callable[[str], None]:
         def hook(stage: str) -> None:
             if stage == "kexec-jump":
+                self._environment_faults()
                 old = self.machine.current  # still the old kernel: it just jumped
                 if old is not None:  # observer's note of who preserved what
                     self.ctx.extra["owners"] = dict(old.kho.owner)

@@ -15,7 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from luosim.faults import point
 from luosim.userspace.vmm import Vm, Vmm
+
+FP_NEVER_RETRIEVED = point("userspace.session_never_retrieved", ("corrupt:skipped",),
+                           "the agent never retrieves a session after the kexec "
+                           "(crashed, misconfigured): luo.md §1.3 unreclaimed session")
 
 if TYPE_CHECKING:
     from luosim.kernel.kernel import Kernel
@@ -52,8 +57,8 @@ class Agent:
     _sessions: dict[str, Session] = field(default_factory=dict)
     _dev: LiveupdateDevice | None = None
 
-    def _emit(self, kind: str, detail: str, **data: Any) -> None:
-        self.kernel.machine.emit(self.kernel.name, "agent", kind, detail, **data)
+    def _emit(self, kind: str, detail: str, level: str = "info", **data: Any) -> None:
+        self.kernel.machine.emit(self.kernel.name, "agent", kind, detail, level, **data)
 
     def _session(self, name: str) -> Session:
         s = self._sessions.get(name)
@@ -123,7 +128,13 @@ class Agent:
         for p in self.preserved:
             by_session.setdefault(p.session, []).append(p)
         vms: dict[str, Vm] = {}
-        for name, items in by_session.items():
+        for name, items in list(by_session.items()):
+            if kernel.machine.faults.hit(FP_NEVER_RETRIEVED, name):
+                for p in items:
+                    p.state = "never retrieved"
+                del by_session[name]
+                self._emit("skip-session", f"session {name!r} is never retrieved", "warn")
+                continue
             s = dev.retrieve_session(name)
             self._sessions[name] = s
             self._emit("retrieve-session", f"retrieved session {name!r}")
