@@ -104,6 +104,25 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
     _run_and_report(scenario, pol, faults, as_json, file.name)
 
 
+@app.command("faults")
+def faults_cmd(as_json: JsonOpt = False) -> None:
+    """List the fault points, the effects each accepts, and what it models."""
+    from luosim.faults import load_catalog
+    catalog = load_catalog()
+    if as_json:
+        rows = [{"point": fp.name, "effects": list(fp.effects), "doc": fp.doc}
+                for fp in sorted(catalog.values(), key=lambda f: f.name)]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+    t = Table(title=f"{len(catalog)} fault points (POINT#N=EFFECT)")
+    for col in ("point", "effects", "models"):
+        t.add_column(col)
+    for fp in sorted(catalog.values(), key=lambda f: f.name):
+        t.add_row(fp.name, ", ".join(fp.effects), fp.doc)
+    out.print(t)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files."""
