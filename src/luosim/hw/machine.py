@@ -17,11 +17,11 @@ from luosim.abi.errors import DecodeError
 from luosim.abi.kho import KhoData, KhoScratch, decode_root_fdt, walk_radix_tree
 from luosim.faults import Fault, FaultInjector
 from luosim.hw.clock import SimClock
+from luosim.hw.iommu import IommuHardware
 from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
+from luosim.hw.pci import PciHardware
 
 if TYPE_CHECKING:
-    from luosim.hw.iommu import IommuHardware
-    from luosim.hw.pci import PciHardware
     from luosim.kernel.kernel import Kernel
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -95,17 +95,8 @@ class Machine:
         # "booted"): the runner lets devices run DMA through the blackout here
         self.stage_hooks: list[Callable[[str], None]] = []
         self.step = ""  # set by whoever drives the machine (the scenario runner)
-        self._attach_hardware()
-
-    def _attach_hardware(self) -> None:
-        # INTEGRATION: tolerate the PCI/IOMMU models not having landed yet
-        try:
-            from luosim.hw.iommu import IommuHardware
-            from luosim.hw.pci import PciHardware
-        except ModuleNotFoundError:
-            return
-        self.pci: PciHardware = PciHardware.from_topology(self.topology, self)
-        self.iommu: IommuHardware = IommuHardware.from_topology(self.topology, self)
+        self.pci = PciHardware.from_topology(self.topology, self)
+        self.iommu = IommuHardware.from_topology(self.topology, self)
 
     # -- construction ---------------------------------------------------------
     @classmethod

@@ -131,18 +131,16 @@ class Kernel:
         self.printk("info", "boot", "boot complete")
 
     def _boot_devices(self) -> None:
-        """subsys/device initcalls: PCI, IOMMU, iommufd, vfio-pci."""
-        # INTEGRATION: the PCI/IOMMU/vfio models land in parallel; until they
-        # do, a machine without them boots with none (removed at integration).
-        try:
-            from luosim.kernel.iommu.core import IommuSubsystem
-            from luosim.kernel.iommu.iommufd import Iommufd
-            from luosim.kernel.pci.liveupdate import PciLiveupdate
-            from luosim.kernel.pci.probe import PciSubsystem
-            from luosim.kernel.vfio.pci import VfioPci
-        except ModuleNotFoundError:
-            self._devices = False
-            return
+        """subsys/device initcalls: PCI, IOMMU, iommufd, vfio-pci.
+
+        ``_devices`` says they ran: a kernel that panicked in early boot has none.
+        """
+        from luosim.kernel.iommu.core import IommuSubsystem
+        from luosim.kernel.iommu.iommufd import Iommufd
+        from luosim.kernel.pci.liveupdate import PciLiveupdate
+        from luosim.kernel.pci.probe import PciSubsystem
+        from luosim.kernel.vfio.pci import VfioPci
+
         self._devices = True
         # subsys: PCI enumeration with the live-update hooks
         self.pci = PciSubsystem(self)
