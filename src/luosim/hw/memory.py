@@ -139,6 +139,12 @@ class PhysicalMemory:
 
     def read(self, pa: int, length: int) -> bytes:
         self.check_range(pa, length)
+        pfn, off = divmod(pa, PAGE_SIZE)
+        if off + length <= PAGE_SIZE:  # within one page: slice, don't copy the page
+            page = self._pages.get(pfn)
+            if page is not None:
+                return bytes(page[off:off + length])
+            return self._page_bytes(pfn)[off:off + length]
         out = bytearray()
         while length > 0:
             pfn, off = divmod(pa, PAGE_SIZE)
