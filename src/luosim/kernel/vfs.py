@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import weakref
 from typing import TYPE_CHECKING
 
 from luosim.errors import DeadKernelError, KernelError
@@ -76,15 +75,16 @@ class FdTable:
         return fd in self._fds
 
 
-_TABLES: weakref.WeakKeyDictionary[Kernel, FdTable] = weakref.WeakKeyDictionary()
-
-
 def fd_table(kernel: Kernel) -> FdTable:
-    """The agent's fd table in ``kernel`` (created on first use)."""
-    table = _TABLES.get(kernel)
+    """The agent's fd table in ``kernel`` (created on first use).
+
+    It lives on the kernel object: a module-level table keyed weakly by kernel
+    would keep every kernel alive through its own files (value -> key).
+    """
+    table: FdTable | None = getattr(kernel, "_fd_table", None)
     if table is None:
         table = FdTable()
-        _TABLES[kernel] = table
+        kernel._fd_table = table  # type: ignore[attr-defined]
     return table
 
 
