@@ -27,11 +27,6 @@ class KernelError(OSError):
         return _errno.errorcode.get(self.errno or 0, str(self.errno))
 
 
-def kerr(err: int, detail: str = "") -> KernelError:
-    """Build the exception for ``return -err`` with a human detail."""
-    return KernelError(err, detail)
-
-
 def errname(err: int) -> str:
     """``errno.EBUSY`` -> ``"EBUSY"``."""
     return _errno.errorcode.get(err, str(err))

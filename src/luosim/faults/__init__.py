@@ -9,7 +9,6 @@ planned effect for that occurrence.  Effects are an errno name
 
 from __future__ import annotations
 
-import errno as _errno
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -187,7 +186,6 @@ def _call_site() -> str:
     return f"{frame.f_globals.get('__name__')}:{frame.f_code.co_name}"
 
 
-ERRNO_NAMES = frozenset(_errno.errorcode.values())
 # a point hit this few times is tried at every occurrence (which device,
 # which bridge, which session matters); beyond, per call-site boundary
 EVERY_OCCURRENCE_UP_TO = 16

@@ -16,11 +16,10 @@ late    memfd LUO handler, luo_late_startup, /dev/liveupdate
 
 from __future__ import annotations
 
-import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from luosim.errors import DeadKernelError, KernelError, KernelPanic
+from luosim.errors import DeadKernelError, KernelPanic
 from luosim.kernel.kho import Kho
 from luosim.kernel.mm.page_alloc import PageAllocator
 from luosim.kernel.profiles import Profile, get_profile
@@ -229,14 +228,7 @@ class Kernel:
         if not self.alive:
             raise DeadKernelError(f"kernel {self.name} is no longer running")
 
-    def guard(self, fn: Callable[[], Any]) -> Any:
-        self._check_alive()
-        return fn()
-
     def __repr__(self) -> str:
         state = "alive" if self.alive else ("panicked" if self.panic_message else "dead")
         return f"<Kernel {self.name} {state}>"
 
-
-def enoent(detail: str) -> KernelError:
-    return KernelError(errno.ENOENT, detail)

@@ -450,7 +450,3 @@ class Kho:
         k.printk("info", "kho", f"hand-over: {len(self.preserved)} preserved blocks, "
                  f"subtrees {list(self.subtrees)}")
         return KhoData(fdt_pa, len(blob), scratch_pa, len(scratch_blob)).encode()
-
-    def debugfs_out(self) -> dict[str, bytes]:
-        """``/sys/kernel/debug/kho/out/``: the root FDT as it would be written now."""
-        return {"fdt": encode_root_fdt(0, list(self.subtrees.items()))}
