@@ -57,16 +57,17 @@ def _load(path: Path) -> Any:
 
 
 def _run_and_report(scenario: Any, policy: dict[str, str], faults: tuple[Fault, ...],
-                    as_json: bool, title: str) -> None:
+                    as_json: bool, title: str, dump: Path | None = None) -> None:
     from luosim.report.console import render
     from luosim.scenario.runner import run
     if as_json:
-        result = run(scenario, faults=faults, policy=policy)
+        result = run(scenario, faults=faults, policy=policy, dump_handover=dump)
         sys.stdout.write(json.dumps(result.as_json(), indent=2, sort_keys=False) + "\n")
     else:
         from luosim.report.progress import PhaseProgress
         with PhaseProgress(out) as progress:
-            result = run(scenario, faults=faults, policy=policy, on_phase=progress.phase)
+            result = run(scenario, faults=faults, policy=policy, on_phase=progress.phase,
+                         dump_handover=dump)
         render(result, out, title=title)
     raise typer.Exit(0 if result.outcome == "ok" else 1)
 
@@ -93,7 +94,10 @@ def demo(policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
 def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
             policy: PolicyOpt = None, as_json: JsonOpt = False,
             fault: Annotated[list[str] | None, typer.Option(
-                "--fault", help="Inject POINT[#N]=EFFECT (repeatable).")] = None) -> None:
+                "--fault", help="Inject POINT[#N]=EFFECT (repeatable).")] = None,
+            dump: Annotated[Path | None, typer.Option(
+                "--dump-handover", help="Write each kexec's hand-over blobs (kho_data, "
+                "kho/out/fdt, sub_fdts, LUO FLB data) under this folder.")] = None) -> None:
     """Run a scenario: live progress, PCI trees, preserved objects, timeline, invariants."""
     pol = parse_policy(policy)
     scenario = _load(file)
@@ -101,7 +105,9 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
         faults = tuple(Fault.parse(f) for f in fault or [])
     except ValueError as exc:
         fail(f"--fault: {exc}")
-    _run_and_report(scenario, pol, faults, as_json, file.name)
+    if dump is not None and dump.exists() and not dump.is_dir():
+        fail(f"--dump-handover {dump}: not a directory")
+    _run_and_report(scenario, pol, faults, as_json, file.name, dump)
 
 
 @app.command("faults")

@@ -52,3 +52,23 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     f.write_bytes(b"\0" * 32)
     res = runner.invoke(app, ["inspect", str(f), "--as", "nonsense"])
     assert res.exit_code == 2 and "unknown kind" in res.output
+
+
+def test_dump_handover_then_inspect_every_blob(tmp_path: Path) -> None:
+    """`run --dump-handover` writes the kho/out layout; inspect decodes each file."""
+    ex = Path(__file__).resolve().parents[2] / "examples" / "small-host.yaml"
+    res = runner.invoke(app, ["run", str(ex), "--json", "--dump-handover", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    base = tmp_path / "kexec1"
+    kinds = {"kho_data": "kho-data", "kho/out/fdt": "kho-fdt",
+             "kho/out/sub_fdts/LUO": "luo-fdt"}
+    for rel, kind in kinds.items():
+        res = runner.invoke(app, ["inspect", str(base / rel), "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["kind"] == kind
+    luo = json.loads(runner.invoke(app, ["inspect", str(base / "kho/out/sub_fdts/LUO"),
+                                         "--json"]).output)
+    assert luo["liveupdate_num"] == 1 and luo["flb_header_pa"] != "None"
+    pci = json.loads(runner.invoke(app, ["inspect", str(base / "luo/flb/pci-v2"),
+                                         "--as", "pci-v7", "--json"]).output)
+    assert pci["nr_devices"] == 6  # 2 endpoints, 2 switch ports, the switch, the root port

@@ -36,8 +36,9 @@ def _fields(obj: Any) -> dict[str, Any]:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, int) and not isinstance(v, bool):
-            out[f.name] = hex(v) if f.name.endswith(("pa", "phys", "files", "devices", "first",
-                                                     "next", "data")) else v
+            pointer = f.name.endswith(("_pa", "_phys")) or f.name in (
+                "files", "devices", "first", "next", "data")
+            out[f.name] = hex(v) if pointer else v
         elif isinstance(v, bytes):
             out[f.name] = v.hex()
         elif isinstance(v, (list, tuple)):
@@ -64,7 +65,10 @@ def _kho_fdt(data: bytes) -> dict[str, Any]:
 
 
 def _luo_fdt(data: bytes) -> dict[str, Any]:
-    fdt = luo_abi.decode_luo_fdt(data, require_flb=False)
+    try:
+        fdt = luo_abi.decode_luo_fdt(data, require_flb=True)
+    except DecodeError:  # a P0 hand-over has no luo-flb node
+        fdt = luo_abi.decode_luo_fdt(data, require_flb=False)
     out = {"kind": "luo-fdt", "compatible": luo_abi.LUO_FDT_COMPATIBLE}
     out.update(_fields(fdt))
     return out

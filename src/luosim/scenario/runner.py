@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import luosim.check.rules_core  # noqa: F401  (registers invariants)
@@ -63,7 +64,9 @@ class Run:
 
     def __init__(self, scenario: Scenario, faults: tuple[Fault, ...],
                  policy: Mapping[str, str] | None,
-                 on_phase: Callable[[str], None] | None) -> None:
+                 on_phase: Callable[[str], None] | None,
+                 dump_handover: Path | None = None) -> None:
+        self.dump_handover = dump_handover
         self.scenario = scenario
         self.policy = {**scenario.policy, **(policy or {})}
         plan = tuple(dict.fromkeys(scenario.fault_plan() + tuple(faults)))
@@ -315,6 +318,11 @@ class Run:
     def _blackout_hook(self) -> Callable[[str], None]:
         def hook(stage: str) -> None:
             if stage == "kexec-jump":
+                if self.dump_handover is not None and self.machine.kho_data is not None:
+                    from luosim.inspect.dump import dump_handover
+                    out = self.dump_handover / f"kexec{self.ctx.kexecs + 1}"
+                    for line in dump_handover(self.machine.memory, self.machine.kho_data, out):
+                        self.machine.emit("machine", "dump", "handover", f"{out}/{line}")
                 self._environment_faults()
                 old = self.machine.current  # still the old kernel: it just jumped
                 if old is not None:  # observer's note of who preserved what
@@ -371,6 +379,10 @@ class Run:
 
 def run(scenario: Scenario, *, faults: tuple[Fault, ...] = (),
         policy: Mapping[str, str] | None = None,
-        on_phase: Callable[[str], None] | None = None) -> RunResult:
-    """Run ``scenario`` once on a fresh machine (deterministic)."""
-    return Run(scenario, faults, policy, on_phase).execute()
+        on_phase: Callable[[str], None] | None = None,
+        dump_handover: Path | None = None) -> RunResult:
+    """Run ``scenario`` once on a fresh machine (deterministic).
+
+    ``dump_handover``: write each kexec's hand-over blobs under this folder.
+    """
+    return Run(scenario, faults, policy, on_phase, dump_handover).execute()
