@@ -4,17 +4,20 @@ worker process (a leaked machine per run once exhausted 24 GiB)."""
 from __future__ import annotations
 
 import gc
+import weakref
 from pathlib import Path
 
-from luosim.hw.machine import Machine
-from luosim.scenario.runner import run
+from luosim.scenario.runner import Run
 from luosim.scenario.schema import load_scenario
 
 
-def test_runs_do_not_keep_machines_alive() -> None:
+def test_runs_do_not_keep_their_machines_alive() -> None:
     sc = load_scenario(Path(__file__).resolve().parents[2] / "examples" / "small-host.yaml")
+    refs = []
     for _ in range(3):
-        run(sc)
+        r = Run(sc, (), None, None)
+        r.execute()
+        refs.append(weakref.ref(r.machine))
+        del r
     gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, Machine)]
-    assert alive == []
+    assert [ref() for ref in refs] == [None, None, None]
