@@ -5,7 +5,6 @@ comparison on the PCI FLB retrieve, and replay of a saved counterexample."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +63,6 @@ def test_warn_and_panic_differ_on_pci_flb_retrieve() -> None:
     changed = {r.plan: (r.outcome_a, r.outcome_b) for r in cmp.rows}
     hits = [v for k, v in changed.items() if "pci.flb.retrieve" in str(k)]
     assert ("panic", "unsafe") in hits
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
-    client = distributed.Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def test_dask_gives_the_local_results(client: Any, local_result: Any) -> None:
