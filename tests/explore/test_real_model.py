@@ -80,3 +80,14 @@ def test_saved_counterexample_replays_to_the_same_outcome(local_result: Any,
     result, same, diff = replay(load_trace(path))
     assert same, diff
     assert result.outcome == "unsafe"
+
+
+def test_panic_policies_leave_no_unsafe_errno_group() -> None:
+    """With both kernel policies at panic (PCI FLB retrieve, IOMMU domain restore),
+    no single errno fault ends unsafe: every hazard the warn policies expose is
+    stopped by a panic before any invariant breaks."""
+    panic = {"pci.retrieve_failure": "panic", "iommu.restore_failure": "panic"}
+    with LocalExecutor(1) as ex:
+        result = explore(SCENARIO, 1, effects="errno", policy=panic, executor=ex)
+    assert result.summary["unsafe"] == 0, [g.signature for g in result.groups]
+    assert result.summary["panic"] > 0
