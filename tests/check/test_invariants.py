@@ -21,8 +21,6 @@ WARN = {"pci.retrieve_failure": "warn"}
 
 def rule(name: str) -> Any:
     import luosim.scenario.runner  # noqa: F401  (loads every rule)
-    from luosim.scenario.runner import _load_rules
-    _load_rules()
     return next(i for i in REGISTRY if i.id == name).fn
 
 

@@ -59,8 +59,8 @@ class CheckContext:
     kexecs: int = 0
     # device name -> BDF at preservation time, for preserved vfio devices
     preserved_bdfs: dict[str, str] = field(default_factory=dict)
-    # VM RAM: name -> (None, problem) once a problem is seen (KHO-1)
-    ram: dict[str, tuple[None, str | None]] = field(default_factory=dict)
+    # VM RAM: name -> the first problem seen with its preserved content (KHO-1)
+    ram_problems: dict[str, str] = field(default_factory=dict)
     # VM RAM: name -> [(index, pa, order)] of the preserved folios
     ram_layout: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     # physical pages each VM's RAM occupies, as sorted [start, end) pfn ranges

@@ -11,9 +11,8 @@ from luosim.hw.memory import PAGE_SHIFT
 @invariant("KHO-1", "preserved guest RAM survives the jump bit for bit and comes back as the "
            "same physical folios", "kho.md Memory API; luo.md §5.3")
 def preserved_bytes_intact(ctx: CheckContext) -> str | None:
-    for vm, (before, after) in sorted(ctx.ram.items()):
-        if after is not None and after != before:
-            return f"guest RAM of {vm}: {after}"
+    for vm, problem in sorted(ctx.ram_problems.items()):
+        return f"guest RAM of {vm}: {problem}"
     return None
 
 

@@ -12,9 +12,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import luosim.check.rules_core  # noqa: F401  (registers invariants)
+# rules modules register their invariants when imported (rules_pci and
+# rules_iommu come in with the snapshot helpers below)
+import luosim.check.rules_core  # noqa: F401
 from luosim.check.invariants import CheckContext, Checker, PfnRanges
-from luosim.errors import DeadKernelError, KernelError, KernelPanic, errname
+from luosim.check.rules_iommu import snapshot_iommu_at_jump
+from luosim.check.rules_pci import snapshot_at_jump
+from luosim.errors import KernelError, KernelPanic, errname
 from luosim.faults import Fault, point
 from luosim.hw.machine import Machine
 from luosim.hw.memory import PAGE_SHIFT
@@ -26,8 +30,6 @@ from luosim.userspace.vmm import Vmm
 if TYPE_CHECKING:
     from luosim.kernel.kernel import Kernel
 
-_rules_loaded = False
-
 # environment and userspace faults (issue "Fault explorer" §1): not kernel errnos,
 # so they are "corrupt:" effects, hit once per preserved device/bridge/session
 FP_DEVICE_MISSING = point("hw.device_missing", ("corrupt:unplugged",),
@@ -37,19 +39,6 @@ FP_BRIDGE_LOST = point("hw.bridge_config_lost", ("corrupt:bus-numbers",),
 FP_WRONG_DRIVER = point("userspace.wrong_driver", ("corrupt:dma-api-bind",),
                         "a DMA-API driver tries to bind a preserved device before vfio "
                         "retrieves it (the user's job per pci.md §5.6)")
-
-
-def _load_rules() -> None:
-    global _rules_loaded
-    if _rules_loaded:
-        return
-    import importlib
-    for mod in ("luosim.check.rules_pci", "luosim.check.rules_iommu"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError:
-            pass
-    _rules_loaded = True
 
 
 class _Refused(Exception):
@@ -96,10 +85,6 @@ class Run:
         """Run one userspace/kernel operation; errno -> refused; check invariants."""
         try:
             value = fn()
-        except KernelPanic:
-            raise
-        except DeadKernelError:
-            raise
         except OSError as exc:
             raise _Refused(name, exc) from None
         self.checker.check(name)
@@ -126,7 +111,6 @@ class Run:
 
     # -- the run ----------------------------------------------------------------
     def execute(self) -> RunResult:
-        _load_rules()
         sc = self.scenario
         try:
             self._execute(sc)
@@ -172,7 +156,8 @@ class Run:
             for dname in vm.devices:
                 dev = k.pci.find_hw(dname)
                 if dev is None:
-                    raise _Refused(f"start {vm.name}", KernelError(19, f"{dname} not enumerated"))
+                    raise _Refused(f"start {vm.name}",
+                                   KernelError(errno.ENODEV, f"{dname} not enumerated"))
                 devices.append((dname, dev.name))
             dma = vm.dma.model_dump() if vm.dma else None
             self.step(f"start {vm.name}", lambda v=vm, d=devices, m=dma, s=i: vmm.create_vm(  # type: ignore[misc]
@@ -237,7 +222,6 @@ class Run:
                 self.ctx.phase = "preserved"
                 self.step("carry forward", lambda v=vmm: agent.carry_forward(v))  # type: ignore[misc]
 
-
     def _environment_faults(self) -> None:
         """Hardware changes during the jump, as the explorer plans them."""
         faults = self.machine.faults
@@ -253,9 +237,14 @@ class Run:
                     bridges.append(b.hw_id)
         for name in bridges:
             if faults.hit(FP_BRIDGE_LOST, name):
-                pci.lose_bus_config(pci.find(name))
-                self.machine.emit("machine", "pci", "bridge-reset",
-                                  f"{name} lost its bus numbers during the kexec")
+                self._lose_bridge(name)
+        for name in self.scenario.update.reset_bridges:
+            self._lose_bridge(name)
+
+    def _lose_bridge(self, name: str) -> None:
+        self.machine.pci.lose_bus_config(self.machine.pci.find(name))
+        self.machine.emit("machine", "pci", "bridge-reset",
+                          f"{name} lost its bus numbers during the kexec")
 
     def _foreign_driver_probes(self, k: Kernel) -> None:
         """A DMA-API driver tries each preserved device before the agent retrieves it:
@@ -315,33 +304,29 @@ class Run:
     DRIVER_INIT_NS = 20_000_000
     REBOOT_NS = 2_000_000
 
+    def _at_jump(self) -> None:
+        """Between the kernels: dump, environment faults, the checker's snapshots."""
+        if self.dump_handover is not None and self.machine.kho_data is not None:
+            from luosim.inspect.dump import dump_handover
+            out = self.dump_handover / f"kexec{self.ctx.kexecs + 1}"
+            for line in dump_handover(self.machine.memory, self.machine.kho_data, out):
+                self.machine.emit("machine", "dump", "handover", f"{out}/{line}")
+        self._environment_faults()
+        old = self.machine.current  # still the old kernel: it just jumped
+        if old is not None:  # observer's note of who preserved what
+            self.ctx.extra["owners"] = dict(old.kho.owner)
+            snapshot_at_jump(self.ctx, old)
+            snapshot_iommu_at_jump(self.ctx)
+        before = self.ctx.extra.get("ram_before_jump", {})
+        for vm, fp in self._ram_fingerprints().items():
+            if before.get(vm) != fp:
+                self._ram_problem(vm, "content changed by the kexec itself (scrubbed "
+                                  "or overwritten before the new kernel ran)")
+
     def _blackout_hook(self) -> Callable[[str], None]:
         def hook(stage: str) -> None:
             if stage == "kexec-jump":
-                if self.dump_handover is not None and self.machine.kho_data is not None:
-                    from luosim.inspect.dump import dump_handover
-                    out = self.dump_handover / f"kexec{self.ctx.kexecs + 1}"
-                    for line in dump_handover(self.machine.memory, self.machine.kho_data, out):
-                        self.machine.emit("machine", "dump", "handover", f"{out}/{line}")
-                self._environment_faults()
-                old = self.machine.current  # still the old kernel: it just jumped
-                if old is not None:  # observer's note of who preserved what
-                    self.ctx.extra["owners"] = dict(old.kho.owner)
-                    from luosim.check.rules_iommu import snapshot_iommu_at_jump
-                    from luosim.check.rules_pci import snapshot_at_jump
-                    snapshot_at_jump(self.ctx, old)
-                    snapshot_iommu_at_jump(self.ctx)
-                before = self.ctx.extra.get("ram_before_jump", {})
-                for vm, fp in self._ram_fingerprints().items():
-                    if before.get(vm) != fp:
-                        self._ram_problem(vm, "content changed by the kexec itself (scrubbed "
-                                          "or overwritten before the new kernel ran)")
-                for name in self.scenario.update.reset_bridges:
-                    func = self.machine.pci.find(name)
-                    self.machine.pci.lose_bus_config(func)
-                    self.machine.emit("machine", "pci", "bridge-reset",
-                                      f"{name} lost its bus numbers during the kexec")
-            if stage == "kexec-jump":
+                self._at_jump()
                 self.phase("jump + early boot")
                 self.run_dma(self.blackout_ns)
             elif stage == "pci-enumerated":
@@ -372,9 +357,7 @@ class Run:
                 for vm, layout in self.ctx.ram_layout.items()}
 
     def _ram_problem(self, vm: str, problem: str) -> None:
-        if vm not in self.ctx.ram or self.ctx.ram[vm][1] is None:
-            self.ctx.ram[vm] = (None, problem)
-
+        self.ctx.ram_problems.setdefault(vm, problem)
 
 
 def run(scenario: Scenario, *, faults: tuple[Fault, ...] = (),
