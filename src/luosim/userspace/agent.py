@@ -41,7 +41,6 @@ class Preserved:
     obj: str  # VM RAM name or device name
     vm: str
     state: str = "preserved"
-    fingerprint: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"session": self.session, "token": f"{self.token:#x}", "kind": self.kind,
@@ -91,8 +90,7 @@ class Agent:
             assert vm.ram is not None
             token = self._token(vmm, vm, TOKEN_RAM)
             s.preserve_fd(vm.ram, token)
-            self.preserved.append(Preserved(main, token, "memfd", f"{vm.name}-ram", vm.name,
-                                            fingerprint=vm.ram_fingerprint))
+            self.preserved.append(Preserved(main, token, "memfd", f"{vm.name}-ram", vm.name))
             self._emit("preserve", f"{vm.name}: guest RAM memfd ({vm.memory >> 20} MiB) "
                        f"in session {main!r}")
             if self.preserve_mode != "all" or not vm.devices:
@@ -151,7 +149,6 @@ class Agent:
                 p.state = "retrieved"
                 if p.kind == "memfd":
                     vm.ram = f  # type: ignore[assignment]
-                    vm.ram_fingerprint = f.fingerprint()  # type: ignore[attr-defined]
                     self._emit("retrieve", f"{p.vm}: guest RAM memfd back "
                                f"({vm.memory >> 20} MiB)")
                 elif p.kind == "vfio":

@@ -42,7 +42,6 @@ class Vm:
     hwpt_token: int = 0
     devices: list[DeviceAssignment] = field(default_factory=list)
     dma: dict[str, Any] | None = None
-    ram_fingerprint: int = 0
 
     def dma_window(self) -> tuple[int, int]:
         """IOVA range each device of this VM writes to: its slice of guest RAM."""
@@ -67,7 +66,6 @@ class Vmm:
         vm.ram.fill(0, memory, seed)
         # guest RAM never changes size; iommufd preservation requires the seals
         vm.ram.add_seals(F_SEAL_SEAL | F_SEAL_GROW | F_SEAL_SHRINK)
-        vm.ram_fingerprint = vm.ram.fingerprint()
         if devices:
             vm.iommufd = k.iommufd_mod.open()
             vm.ioas_id = vm.iommufd.ioas_alloc()
