@@ -166,8 +166,7 @@ class Kernel:
         the new one is returned.
         """
         self._check_alive()
-        from luosim.kernel.profiles import get_profile as _gp
-        next_profile = _gp(profile, policy)  # validate before anything irreversible
+        next_profile = get_profile(profile, policy)  # validate before anything irreversible
         self.printk("info", "kexec", f"reboot(KEXEC) to {next_profile.name}")
         self.liveupdate.reboot()  # liveupdate_reboot(): may fail, rolled back
         # kernel_restart_prepare(): device_shutdown()
