@@ -56,6 +56,17 @@ def _load(path: Path) -> Any:
         raise typer.Exit(2) from None
 
 
+def _reference_scenario() -> Any:
+    """The reference host shipped in the package (examples/reference-host.yaml)."""
+    from importlib.resources import files
+
+    import yaml
+
+    from luosim.scenario.schema import scenario_from_dict
+    ref = files("luosim").joinpath("data/reference-host.yaml")
+    return scenario_from_dict(yaml.safe_load(ref.read_text()), "reference-host.yaml")
+
+
 def _run_and_report(scenario: Any, policy: dict[str, str], faults: tuple[Fault, ...],
                     as_json: bool, title: str, dump: Path | None = None) -> None:
     from luosim.report.console import render
@@ -80,14 +91,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readabl
 @app.command()
 def demo(policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
     """Run the built-in reference hypervisor host live update."""
-    from importlib.resources import files
     pol = parse_policy(policy)
-    ref = files("luosim").joinpath("data/reference-host.yaml")
-    import yaml
-
-    from luosim.scenario.schema import scenario_from_dict
-    scenario = scenario_from_dict(yaml.safe_load(ref.read_text()), "reference-host.yaml")
-    _run_and_report(scenario, pol, (), as_json, "reference host")
+    _run_and_report(_reference_scenario(), pol, (), as_json, "reference host")
 
 
 @app.command("run")
@@ -169,16 +174,7 @@ def matrix(file: Annotated[Path | None, typer.Argument(
     """Run the update for every (old profile, new profile) pair and tabulate outcomes."""
     from luosim.scenario.matrix import run_matrix
     pol = parse_policy(policy)
-    if file is None:
-        from importlib.resources import files
-
-        import yaml
-
-        from luosim.scenario.schema import scenario_from_dict
-        ref = files("luosim").joinpath("data/reference-host.yaml")
-        scenario = scenario_from_dict(yaml.safe_load(ref.read_text()), "reference-host.yaml")
-    else:
-        scenario = _load(file)
+    scenario = _reference_scenario() if file is None else _load(file)
     rows = run_matrix(scenario, pol)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
