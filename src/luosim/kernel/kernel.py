@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from luosim.kernel.iommu.core import IommuSubsystem
     from luosim.kernel.liveupdate.core import LuoCore
     from luosim.kernel.liveupdate.uapi import LiveupdateDevice
+    from luosim.kernel.mm.hugetlb import HugetlbSubsystem
     from luosim.kernel.mm.memfd import MemfdFile, MemfdSubsystem
     from luosim.kernel.pci.probe import PciSubsystem
     from luosim.kernel.vfio.pci import VfioPci
@@ -76,6 +77,7 @@ class Kernel:
     machine: Machine
     liveupdate: LuoCore
     memfd: MemfdSubsystem
+    hugetlb: HugetlbSubsystem
     pci: PciSubsystem
     iommu: IommuSubsystem
     vfio: VfioPci
@@ -113,16 +115,20 @@ class Kernel:
 
     def _boot(self, kho_data: bytes | None) -> None:
         from luosim.kernel.liveupdate.core import LuoCore
+        from luosim.kernel.mm.hugetlb import HugetlbSubsystem
         from luosim.kernel.mm.memfd import MemfdSubsystem
 
         # early
         self.kho.early_init(kho_data)
         self.liveupdate = LuoCore(self)
         self.liveupdate.early_init()
+        self.hugetlb = HugetlbSubsystem(self)  # pools after KHO memory init (series patch 2)
+        self.hugetlb.init()
         self._boot_devices()
         # late
         self.memfd = MemfdSubsystem(self)
         self.memfd.late_init()
+        self.hugetlb.late_init()
         self.liveupdate.late_init()
         self.booted = True
         self.machine.stage("booted")
@@ -187,10 +193,10 @@ class Kernel:
         return self.liveupdate.open_device()
 
     def memfd_create(self, name: str, size: int = 0, *, folio_order: int = 0,
-                     seals: int = 0) -> MemfdFile:
-        """``memfd_create()`` + ``ftruncate(size)`` (shmem, not hugetlb)."""
+                     seals: int = 0, flags: int = 0) -> MemfdFile:
+        """``memfd_create(name, flags)`` + ``ftruncate(size)``; ``MFD_HUGETLB`` → hugetlbfs."""
         self._check_alive()
-        return self.memfd.create(name, size, folio_order=folio_order, seals=seals)
+        return self.memfd.create(name, size, folio_order=folio_order, seals=seals, flags=flags)
 
     # ------------------------------------------------------------------ printk & co
     def printk(self, level: str, subsystem: str, message: str, **data: Any) -> None:

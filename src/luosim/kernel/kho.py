@@ -79,6 +79,8 @@ class Kho:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
+        # kho_restore_page() order limit; the hugetlb series (patch 1) drops it
+        self.max_restore_order = MAX_PAGE_ORDER
         self.mem = kernel.machine.memory
         self.enabled = not kernel.cmdline_has("kho=off")
         # outgoing: the radix tree's content, (pfn, order) pairs
@@ -159,7 +161,7 @@ class Kho:
         pfn = pa >> PAGE_SHIFT
         order = self.in_magic.get(pfn) if pa % PAGE_SIZE == 0 else None
         effect = k.machine.faults.hit(FP_RESTORE, f"{pa:#x}")
-        if order is None or order > MAX_PAGE_ORDER or effect is not None:
+        if order is None or order > self.max_restore_order or effect is not None:
             k.warn_once("kho", f"restore:{pa:#x}",
                         f"WARNING: kho_restore_page: {pa:#x} was not preserved (no KHO magic)")
             return None

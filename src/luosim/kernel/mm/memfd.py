@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from luosim.abi.errors import DecodeError
+from luosim.abi.hugetlb import MFD_ALL_FLAGS, MFD_HUGETLB
 from luosim.abi.memfd import (
     F_SEAL_FUTURE_WRITE,
     F_SEAL_GROW,
@@ -500,9 +501,16 @@ class MemfdSubsystem:
         self.handler = handler
 
     def create(self, name: str, size: int = 0, folio_order: int = 0,
-               seals: int = 0) -> MemfdFile:
-        """``memfd_create(name, MFD_ALLOW_SEALING)`` + ``ftruncate(size)`` + seals."""
+               seals: int = 0, flags: int = 0) -> MemfdFile:
+        """``memfd_create(name, MFD_ALLOW_SEALING)`` + ``ftruncate(size)`` + seals.
+
+        ``MFD_HUGETLB`` in ``flags`` makes a hugetlbfs file (kernel/mm/hugetlb.py).
+        """
         check_alive(self.kernel)
+        if flags & MFD_HUGETLB:
+            return self.kernel.hugetlb.memfd_create(name, size, flags, seals)
+        if flags & ~MFD_ALL_FLAGS:  # unknown bits, or a huge page size without MFD_HUGETLB
+            raise KernelError(errno.EINVAL, f"bad memfd_create flags {flags:#x}")
         if seals & ~_SEALS_KNOWN:
             raise KernelError(errno.EINVAL, f"unknown seals {seals:#x}")
         f = MemfdFile(self, name, folio_order=folio_order)
