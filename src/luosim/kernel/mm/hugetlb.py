@@ -138,6 +138,7 @@ class HugetlbSubsystem:
     def _parse_cmdline(self) -> None:
         k = self.kernel
         current: Hstate | None = None
+        valid = True  # hugepages_setup(): the preceding hugepagesz= was valid
         for word in k.cmdline.words:
             key, _, val = word.partition("=")
             if key == "default_hugepagesz":
@@ -151,9 +152,14 @@ class HugetlbSubsystem:
                 size = parse_size(val)
                 order = (size.bit_length() - 1 - PAGE_SHIFT) if size else -1
                 current = self.hstates.get(order) if size == PAGE_SIZE << order else None
+                valid = current is not None
                 if current is None:
                     k.printk("err", "hugetlb", f"HugeTLB: unsupported hugepagesz={val}")
             elif key == "hugepages":
+                if not valid:
+                    k.printk("warn", "hugetlb", f"HugeTLB: hugepages={val} does not follow a "
+                             "valid hugepagesz, ignoring")
+                    continue
                 if not val.isdigit():
                     k.printk("err", "hugetlb", f"HugeTLB: invalid hugepages={val}")
                     continue
