@@ -214,3 +214,50 @@ def test_three_updates_in_a_row() -> None:
         s = lu.create_session("vm")
         s.preserve_fd(f, 1)
         assert _pool(k, 18) == (2, 1)
+
+
+# ---------------------------------------------------------------- scenarios
+def _scenario(ram_backing: str, memory: str, cmdline: str) -> dict[str, object]:
+    return {
+        "name": "hugetlb-vm",
+        "machine": {"memory": "8GiB", "segments": [{"segment": 0, "devices": [
+            {"slot": 1, "kind": "root-port", "name": "rp0",
+             "children": [{"slot": 0, "name": "dsa0"}]}]}]},
+        "kernels": {"before": {"profile": "v9", "cmdline": cmdline},
+                    "after": [{"profile": "v9", "cmdline": cmdline}]},
+        "policy": {"dma.mode": "continuous"},
+        "workload": {"vms": [{"name": "vm0", "memory": memory, "ram_backing": ram_backing,
+                              "devices": ["dsa0"], "dma": {"rate_per_ms": 5,
+                                                           "length": "1MiB"}}]},
+    }
+
+
+@pytest.mark.parametrize(("backing", "memory", "cmdline"), [
+    ("hugetlb-2M", "64MiB", "hugepagesz=2M hugepages=40"),
+    ("hugetlb-1G", "1GiB", "hugepagesz=1G hugepages=1"),
+])
+def test_scenario_vm_on_hugetlb_ram(backing: str, memory: str, cmdline: str) -> None:
+    """A VM with hugetlb guest RAM, a vfio device and live DMA survives a live update."""
+    from luosim.scenario.runner import run
+    from luosim.scenario.schema import scenario_from_dict
+
+    result = run(scenario_from_dict(_scenario(backing, memory, cmdline)))
+    detail = result.panic or result.error or "; ".join(f"{i.id}: {i.detail}"
+                                                       for i in result.broken)
+    assert result.outcome == "ok", detail
+
+
+def test_scenario_hugetlb_pool_too_small_is_refused() -> None:
+    """No hugepages= on the command line: the VM cannot get its RAM (ENOMEM)."""
+    from luosim.scenario.runner import run
+    from luosim.scenario.schema import scenario_from_dict
+
+    result = run(scenario_from_dict(_scenario("hugetlb-2M", "64MiB", "")))
+    assert result.outcome == "refused" and "ENOMEM" in (result.error or "")
+
+
+def test_scenario_hugetlb_1g_needs_whole_gib() -> None:
+    from luosim.scenario.schema import scenario_from_dict
+
+    with pytest.raises(Exception, match="multiple of 1GiB"):
+        scenario_from_dict(_scenario("hugetlb-1G", "512MiB", "hugepagesz=1G hugepages=1"))

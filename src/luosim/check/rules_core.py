@@ -23,8 +23,10 @@ ALWAYS_PENDING = ("kho",)
 PENDING_BY_KIND = {
     "iommufd": ("iommu", "liveupdate"),
     "vfio": ("vfio", "pci", "liveupdate"),
-    # a retrieved memfd claimed its folios at retrieve: only LUO's records wait
-    "memfd": ("liveupdate",),
+    # a retrieved memfd claimed its folios at retrieve: only LUO's records wait,
+    # and for a hugetlb memfd the hugetlb-v1 FLB record (freed when the FLB is
+    # retrieved, i.e. at the last FINISH of its files)
+    "memfd": ("liveupdate", "mm.hugetlb"),
 }
 
 

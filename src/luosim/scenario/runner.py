@@ -161,7 +161,8 @@ class Run:
                 devices.append((dname, dev.name))
             dma = vm.dma.model_dump() if vm.dma else None
             self.step(f"start {vm.name}", lambda v=vm, d=devices, m=dma, s=i: vmm.create_vm(  # type: ignore[misc]
-                v.name, v.memory, v.folio_order, d, m, seed=0x5EED0000 + s))
+                v.name, v.memory, v.folio_order, d, m, seed=0x5EED0000 + s,
+                ram_backing=v.ram_backing))
             self.ctx.device_vm.update({d: vm.name for d in vm.devices})
         self._track_ram(vmm)
         self.phase("guest running")

@@ -241,6 +241,8 @@ class VmSpec(_Model):
     folio_order: int = Field(default=9, ge=0, le=10)
     devices: list[str] = Field(default_factory=list)
     dma: DmaSpec | None = None
+    # guest RAM: a shmem memfd, or a hugetlb memfd (pool from hugepages= on the cmdline)
+    ram_backing: Literal["memfd", "hugetlb-2M", "hugetlb-1G"] = "memfd"
 
     @field_validator("memory")
     @classmethod
@@ -249,6 +251,13 @@ class VmSpec(_Model):
         if size <= 0 or size % (2 << 20):
             raise ValueError(f"VM memory must be a positive multiple of 2MiB, got {v!r}")
         return size
+
+    @model_validator(mode="after")
+    def _huge(self) -> VmSpec:
+        if self.ram_backing == "hugetlb-1G" and int(self.memory) % (1 << 30):
+            raise ValueError(f"hugetlb-1G guest RAM must be a multiple of 1GiB, "
+                             f"got {int(self.memory) >> 20}MiB")
+        return self
 
 
 class WorkloadSpec(_Model):

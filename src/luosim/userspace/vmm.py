@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from luosim.abi.hugetlb import MFD_HUGE_1GB, MFD_HUGE_2MB, MFD_HUGETLB
 from luosim.abi.memfd import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
 
 if TYPE_CHECKING:
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from luosim.kernel.vfio.pci import VfioDeviceFile
 
 GUEST_IOVA_BASE = 4 << 30  # guest RAM mapped at IOVA 4 GiB, as the vfio selftest does
+
+
+#: memfd_create() flags of a scenario's ``ram_backing``
+RAM_BACKING_FLAGS = {"memfd": 0, "hugetlb-2M": MFD_HUGETLB | MFD_HUGE_2MB,
+                     "hugetlb-1G": MFD_HUGETLB | MFD_HUGE_1GB}
 
 
 @dataclass
@@ -57,12 +63,13 @@ class Vmm:
         self.vms: list[Vm] = []
 
     def create_vm(self, name: str, memory: int, folio_order: int, devices: list[tuple[str, str]],
-                  dma: dict[str, Any] | None, seed: int) -> Vm:
+                  dma: dict[str, Any] | None, seed: int, ram_backing: str = "memfd") -> Vm:
         """Guest RAM memfd, iommufd IOAS mapping it at 4 GiB, devices attached to a
         HWPT marked for preservation, DMA engines started."""
         k = self.kernel
         vm = Vm(name, memory, folio_order, dma=dma)
-        vm.ram = k.memfd_create(f"{name}-ram", memory, folio_order=folio_order)
+        vm.ram = k.memfd_create(f"{name}-ram", memory, folio_order=folio_order,
+                                flags=RAM_BACKING_FLAGS[ram_backing])
         vm.ram.fill(0, memory, seed)
         # guest RAM never changes size; iommufd preservation requires the seals
         vm.ram.add_seals(F_SEAL_SEAL | F_SEAL_GROW | F_SEAL_SHRINK)
