@@ -1,8 +1,10 @@
 """tools/testing/selftests/liveupdate/luo_memfd.c: one test per TEST().
 
 Source: prati0100/linux at 09152f012b9f (Pratyush Yadav's memfd selftests
-with the hugetlb tests of the hugetlb live-update RFC series; the file's
-first version, linux-mm/linux-mm 0ed77c21509b, had the harness only).  The
+with the hugetlb tests of the hugetlb live-update RFC series).  Other stored
+versions: linux-mm/linux-mm 0ed77c21509b (the harness only) and one with the
+four shmem tests and no hugetlb ones (same assertions; its zero_memfd also
+closes the retrieved fd, as here).  The
 C program runs all TESTs in stage 1, kexecs and runs them again in stage 2
 (``main()`` creates the "luo-state" session, token 1, in stage 1); here each
 test runs its stage 1, kexec, stage 2 in one function.  The rootfs copy of
@@ -112,6 +114,7 @@ def test_zero_memfd() -> None:
         assert zero.fd >= 0
         assert zero.size == 0  # type: ignore[attr-defined]
         assert errno_of(session.finish) == 0
+        zero.close()
 
     _run(stage1, stage2)
 
