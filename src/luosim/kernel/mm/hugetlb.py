@@ -29,6 +29,12 @@ mm/hugetlb_luo.c FLB at 18ae0a38140c; ABI in :mod:`luosim.abi.hugetlb`):
   pool as free pages.  KHO restores folios above order 10 only with the
   series' patch 1 ("kho: drop restriction on maximum page order").
 
+Plain hugetlbfs facts (torvalds/linux 0cce284537fb fs/hugetlbfs/inode.c):
+``hugetlb_file_setup()`` fails with ENODEV for a page size without an
+hstate, ``hugetlbfs_setattr()`` with EINVAL for a size that is not a whole
+number of huge pages, and a fresh hugetlbfs inode carries ``F_SEAL_SEAL``
+(so a retrieved file, whose ``hugemfd_ser`` has no seals, is sealed shut).
+
 Profiles: the series needs LUO with FLBs in early boot, i.e. the luo-v5
 profile (v9).  On luo-v1 profiles (v6, v7) no handler accepts a hugetlb
 memfd (memfd_luo_can_preserve() refuses hugetlb), so PRESERVE_FD fails with
