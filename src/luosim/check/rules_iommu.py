@@ -37,6 +37,8 @@ def snapshot_iommu_at_jump(ctx: CheckContext) -> None:
             entries[(unit.segment, bus << 8 | devfn)] = (e.pgtable, e.domain_id)
     ctx.extra["iommu_at_jump"] = {"entries": entries, "enabled": enabled,
                                   "time": ctx.machine.clock.now_ns}
+    ctx.extra["iommu_jump_checked"] = False  # once per jump (consecutive updates)
+    ctx.extra["iommu_rebound"] = set()
 
 
 @invariant("IOMMU-7", "at hand-over only preserved RequesterIDs have context entries; after "
@@ -71,10 +73,13 @@ def iommu_handover(ctx: CheckContext) -> str | None:
         if unit.root_table_set:
             for bus, devfn, e in iommu.context_entries(unit):
                 now[(unit.segment, bus << 8 | devfn)] = (e.pgtable, e.domain_id)
-    preserved_dids = {(seg, entries[(seg, rid)][1]) for seg, rid in preserved
-                      if (seg, rid) in entries}
+    # devices whose retrieved iommufd took them over (IOMMU phase 2) may be moved
+    # to a new HWPT by their owner; their preserved DID may then be reused
+    rebound: set[str] = ctx.extra.get("iommu_rebound") or set()
+    preserved_dids = {(seg, entries[(seg, rid)][1]) for (seg, rid), name in preserved.items()
+                      if (seg, rid) in entries and name not in rebound}
     for key, name in sorted(preserved.items()):
-        if key in entries and now.get(key) != entries[key]:
+        if key in entries and name not in rebound and now.get(key) != entries[key]:
             return (f"{name}: context entry {entries[key]} (page-table root, DID) became "
                     f"{now.get(key)} after kexec")
     for (seg, rid), (_pt, did) in sorted(now.items()):
