@@ -180,7 +180,9 @@ class Run:
             self.phase(f"reboot(KEXEC) to {after.profile}: freeze, serialize, shutdown")
             self.step("quiesce VMs", vmm.quiesce_for_update)
             self.run_dma(self.REBOOT_NS)
-            self.ctx.extra["ram_before_jump"] = self._ram_fingerprints()
+            # KHO-1 follows guest RAM only when the agent preserved it
+            self.ctx.extra["ram_before_jump"] = (self._ram_fingerprints()
+                                                 if sc.update.preserve != "none" else None)
             hook = self._blackout_hook()
             self.machine.stage_hooks.append(hook)
             try:
@@ -305,8 +307,10 @@ class Run:
             self.result.pci_after = self.pci_snapshot(k, preserved)
         before = {n["name"]: n["bdf"] for n in self.result.pci_before}
         after = {n["name"]: n["bdf"] for n in self.result.pci_after}
+        auto = {n["name"] for n in self.result.pci_before + self.result.pci_after
+                if n.get("auto")}
         self.result.devices = [DeviceResult(name, before.get(name), after.get(name),
-                                            name in preserved)
+                                            name in preserved, name in auto)
                                for name in sorted(set(before) | set(after))]
         agent = getattr(self, "agent", None)
         if agent is not None:
@@ -333,6 +337,8 @@ class Run:
             snapshot_at_jump(self.ctx, old)
             snapshot_iommu_at_jump(self.ctx)
         before = self.ctx.extra.get("ram_before_jump", {})
+        if before is None:
+            return
         for vm, fp in self._ram_fingerprints().items():
             if before.get(vm) != fp:
                 self._ram_problem(vm, "content changed by the kexec itself (scrubbed "

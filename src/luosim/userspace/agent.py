@@ -123,9 +123,12 @@ class Agent:
         from luosim.userspace.vmm import DeviceAssignment
         self.kernel = kernel
         new = Vmm(kernel)
-        if self.preserve_mode == "none":
-            return new
         dev = kernel.open_liveupdate()
+        if self.preserve_mode == "none":
+            # the agent still looks for sessions: the first open is what claims
+            # LUO's own incoming memory (else KHO-2 counts it as leaked)
+            dev.close()
+            return new
         by_session: dict[str, list[Preserved]] = {}
         for p in self.preserved:
             by_session.setdefault(p.session, []).append(p)

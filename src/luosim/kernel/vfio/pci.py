@@ -148,6 +148,7 @@ class VfioDeviceFile(File):
         self.dev_id = iommufd.bind_device(self.pdev)
         self.iommufd = iommufd
         iommufd.get()
+        self.mod.core_enable(self.pdev)
         return self.dev_id
 
     def attach_hwpt(self, hwpt_id: int) -> None:
@@ -245,7 +246,9 @@ class VfioGroupFile(File):
             raise KernelError(errno.ENODEV, f"{bdf} is not in this group")
         if self.mod.kernel.pci_lu.is_incoming(pdev):
             raise KernelError(errno.EBUSY, f"{bdf} is preserved by the previous kernel")
-        return VfioDeviceFile(self.mod.bind(pdev), cdev=False)
+        f = VfioDeviceFile(self.mod.bind(pdev), cdev=False)
+        self.mod.core_enable(pdev)
+        return f
 
 
 class VfioContainerFile(File):
@@ -411,6 +414,14 @@ class VfioPci:
             self.devices[key] = vdev
             pdev.driver = self
         return vdev
+
+    def core_enable(self, pdev: PciDev) -> None:
+        """``vfio_pci_core_enable()`` at first open (cdev: at BIND_IOMMUFD; group:
+        at GET_DEVICE_FD): ``pci_enable_device()``, which enables the upstream
+        bridges with Bus Master on (``pci_enable_bridge``).  Conventional
+        PCI-PCI bridges have no port driver that would have done it at
+        enumeration (issue #11 item 6: PCI-5 failed for ``kind: bridge``)."""
+        self.kernel.pci.enable_device(pdev)
 
     def _lookup(self, bdf: str) -> PciDev:
         check_alive(self.kernel)
