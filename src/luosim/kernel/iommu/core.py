@@ -482,7 +482,10 @@ class IommuSubsystem:
         for ui, did in list(domain.dids.items()):
             self.units[ui].dids.free(did)
         domain.dids.clear()
-        if domain.kind == "paging" and not domain.restored:
+        # a restored domain's tables were claimed with kho_restore_folio() at
+        # restore, so they are this kernel's pages to free as well (phase 2
+        # destroys the restored HWPT once its devices moved on)
+        if domain.kind == "paging":
             for pa in domain.table_pages():
                 self.kernel.mm.free_pages(pa)
             domain.writer = None
