@@ -84,3 +84,38 @@ def test_matrix_covers_multi_hop_paths() -> None:
     assert by_path[("v7", "v7", "v7")]["outcome"] == "refused"
     assert "carry forward" in by_path[("v7", "v7", "v7")]["why"]
     assert by_path[("v9", "v7", "v7")]["outcome"] == "panic"  # luo-v5 -> luo-v1
+
+
+def test_scenario_kernel_config_without_iommu_liveupdate(tmp_path: Path) -> None:
+    """``kernels.*.config``: without CONFIG_IOMMU_LIVEUPDATE the agent preserves the
+    devices alone and the VMM gives them a new iommufd after each kexec, so every
+    session finishes and three updates in a row end ok."""
+    import yaml
+    raw = yaml.safe_load((EXAMPLE.parent / "small-host.yaml").read_text())
+    raw.pop("expect")
+    cfg = {"CONFIG_IOMMU_LIVEUPDATE": False}
+    raw["kernels"] = {"before": {"profile": "v9", "config": cfg},
+                      "after": [{"profile": "v9", "config": cfg}] * 3}
+    raw["policy"] = {"dma.mode": "reset-at-freeze"}
+    p = tmp_path / "noiommu.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    run = Run(load_scenario(p), (), None, None)
+    result = run.execute()
+    assert result.outcome == "ok", result.error or result.broken
+    assert not [o for o in result.preserved_objects if o["kind"] == "iommufd"]
+    assert {o["state"] for o in result.preserved_objects} == {"finished"}
+    assert run.ctx.liveupdate_numbers == [0, 1, 2, 3]
+
+
+def test_scenario_kernel_config_unknown_key_is_bad_input(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from luosim.cli import app
+    text = (EXAMPLE.parent / "small-host.yaml").read_text().replace(
+        'before: {profile: v7, cmdline: ""}',
+        'before: {profile: v7, cmdline: "", config: {CONFIG_NOPE: true}}')
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    res = CliRunner().invoke(app, ["run", str(p)])
+    assert res.exit_code == 2
+    assert "CONFIG_NOPE" in res.output and "Traceback" not in res.output

@@ -141,7 +141,8 @@ class Run:
     def _execute(self, sc: Scenario) -> None:
         before = sc.kernels.before
         self.phase(f"boot {before.profile}")
-        k = self.machine.boot(before.profile, before.cmdline, self.policy)
+        k = self.machine.boot(before.profile, before.cmdline, self.policy,
+                              before.config or None)
         self.kernel = self.ctx.kernel = k
         self.ctx.liveupdate_numbers.append(k.liveupdate.liveupdate_number_in)
         self.checker.check("boot")
@@ -188,7 +189,7 @@ class Run:
             try:
                 k2 = self.step(f"reboot(KEXEC) #{n + 1}",
                                lambda a=after, kk=k: kk.kexec(a.profile, a.cmdline,  # type: ignore[misc]
-                                                              self.policy))
+                                                              self.policy, a.config or None))
             finally:
                 self.machine.stage_hooks.remove(hook)
             k = k2

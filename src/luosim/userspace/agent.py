@@ -99,7 +99,9 @@ class Agent:
                        f"in session {main!r}")
             if self.preserve_mode != "all" or not vm.devices:
                 continue
-            if vm.iommufd is not None:
+            # a kernel without CONFIG_IOMMU_LIVEUPDATE cannot preserve an iommufd:
+            # the devices go alone (vfio series without IOMMU preservation)
+            if vm.iommufd is not None and self.kernel.configured("CONFIG_IOMMU_LIVEUPDATE"):
                 token = self._token(vmm, vm, TOKEN_IOMMUFD)
                 s.preserve_fd(vm.iommufd, token)
                 self.preserved.append(Preserved(main, token, "iommufd", f"{vm.name}-iommufd",
