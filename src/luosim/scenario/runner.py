@@ -202,7 +202,6 @@ class Run:
                 self._foreign_driver_probes(k)
                 self.checker.check("driver probes")
             self.phase("userspace: retrieve + finish")
-            self.ctx.extra["iommu_rebound"] = self._rebound(k, agent)
             vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
                 kk, old, sc.update.finish))
             for vm in vmm.vms:
@@ -230,15 +229,6 @@ class Run:
         self.ctx.preserved_bdfs = {p.obj: next(d.bdf for v in vmm.vms for d in v.devices
                                                if d.name == p.obj)
                                    for p in agent.preserved if p.kind == "vfio"}
-
-    @staticmethod
-    def _rebound(k: Kernel, agent: Agent) -> set[str]:
-        """Devices of VMs whose iommufd the new kernel ``k`` can retrieve (IOMMU
-        phase 2): their owner moves them to a new HWPT after the retrieve."""
-        if k.profile.iommufd_lu != "phase2" or not k.configured("CONFIG_IOMMU_LIVEUPDATE"):
-            return set()
-        vms = {p.vm for p in agent.preserved if p.kind == "iommufd"}
-        return {p.obj for p in agent.preserved if p.kind == "vfio" and p.vm in vms}
 
     def _environment_faults(self) -> None:
         """Hardware changes during the jump, as the explorer plans them."""

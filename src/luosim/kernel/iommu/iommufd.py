@@ -185,6 +185,7 @@ class IommufdFile(File):
         self.idevs: dict[int, IommufdDevice] = {}
         self.lu_preserved = False  # preserved in LUO (HWPTs immutable)
         self.lu: list[LuHwptRecord] | None = None  # retrieved (phase 2): ictx->lu
+        self.retrieved = False  # made by the LUO retrieve (phase 2)
         self.lu_ser_pa = 0
 
     # -- helpers --
@@ -568,6 +569,7 @@ class IommufdFileHandler(FileHandler):
         f.lu = [LuHwptRecord(i, d, t, bool(r))
                 for i, (d, t, r) in enumerate(decode_iommufd_ser(raw))]
         f.lu_ser_pa = pa
+        f.retrieved = True
         args.file = f
 
     def can_finish(self, args: FileOpArgs) -> bool:
