@@ -145,3 +145,22 @@ def test_config_switches() -> None:
     assert kc.vfio.open_container().kind == "iommufd-compat"
     kn = Machine.from_topology(TOPO).boot("v9", config={"CONFIG_VFIO_CONTAINER": False})
     assert errno_of(kn.vfio.open_container) == errno.ENOENT
+
+
+def test_iommu7_exempts_only_devices_taken_over() -> None:
+    """IOMMU-7 lets a preserved device leave its preserved context entry only after
+    the retrieved iommufd has taken it over (bind); a device still held by the
+    preserved owner, or bound to nothing, stays checked."""
+    from luosim.check.rules_iommu import _taken_over
+    k = Machine.from_topology(TOPO).boot("v9")
+    stage1(k)
+    k2 = k.kexec("v9")
+    s = k2.open_liveupdate().retrieve_session("vm")
+    ictx = s.retrieve_fd(2)
+    d0 = s.retrieve_fd(3)
+    assert isinstance(ictx, IommufdFile) and isinstance(d0, VfioDeviceFile)
+    seg_rid = {(0, k2.pci.find(b).bdf): n for b, n in  # type: ignore[union-attr]
+               ((DSA0, "dsa0"), (DSA1, "dsa1"))}
+    assert _taken_over(k2, seg_rid) == set()
+    d0.bind_iommufd(ictx)
+    assert _taken_over(k2, seg_rid) == {"dsa0"}
