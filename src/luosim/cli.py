@@ -170,21 +170,26 @@ def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debug
 @app.command()
 def matrix(file: Annotated[Path | None, typer.Argument(
                help="Scenario whose update is repeated for every profile pair.")] = None,
-           policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
+           policy: PolicyOpt = None, as_json: JsonOpt = False,
+           hops: Annotated[int, typer.Option(
+               "--hops", min=1, max=4,
+               help="Consecutive updates per path (2: every A -> B -> C).")] = 1) -> None:
     """Run the update for every (old profile, new profile) pair and tabulate outcomes."""
-    from luosim.scenario.matrix import run_matrix
+    from luosim.scenario.matrix import run_paths
     pol = parse_policy(policy)
     scenario = _reference_scenario() if file is None else _load(file)
-    rows = run_matrix(scenario, pol)
+    rows = run_paths(scenario, hops, pol)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     from rich.table import Table
     t = Table(title="Cross-version live update")
-    for col in ("from", "to", "outcome", "why"):
+    cols = ("from", "via", "to", "outcome", "why") if hops > 1 else \
+        ("from", "to", "outcome", "why")
+    for col in cols:
         t.add_column(col)
     for r in rows:
-        t.add_row(r["from"], r["to"], r["outcome"], r["why"])
+        t.add_row(*(r[c] for c in cols))
     out.print(t)
 
 

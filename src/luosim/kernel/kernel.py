@@ -83,9 +83,12 @@ class Kernel:
     vfio: VfioPci
     iommufd_mod: Any
 
-    def __init__(self, machine: Machine, profile: Profile, cmdline: str) -> None:
+    def __init__(self, machine: Machine, profile: Profile, cmdline: str,
+                 config: Mapping[str, object] | None = None) -> None:
+        from luosim.kernel.config import resolve_config
         self.machine = machine
         self.profile = profile
+        self.config = resolve_config(profile.config, config)
         self.cmdline = Cmdline(cmdline)
         machine.boot_count += 1
         self.generation = machine.boot_count
@@ -103,11 +106,15 @@ class Kernel:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def start(cls, machine: Machine, profile: str | Profile, cmdline: str = "",
-              policy: Mapping[str, str] | None = None) -> Kernel:
-        """Boot a kernel on ``machine`` from its current hand-over state."""
+              policy: Mapping[str, str] | None = None,
+              config: Mapping[str, object] | None = None) -> Kernel:
+        """Boot a kernel on ``machine`` from its current hand-over state.
+
+        ``config``: kernel config switches (``luosim.kernel.config``).
+        """
         prof = profile.with_policy(policy) if isinstance(profile, Profile) \
             else get_profile(profile, policy)
-        k = cls(machine, prof, cmdline)
+        k = cls(machine, prof, cmdline, config)
         machine.current = k
         k.printk("info", "boot", f"Linux ({prof.name}) booting, cmdline: {cmdline!r}")
         k._boot(machine.kho_data)
@@ -164,7 +171,8 @@ class Kernel:
         self.vfio.init()
 
     def kexec(self, profile: str = "v6", cmdline: str = "",
-              policy: Mapping[str, str] | None = None) -> Kernel:
+              policy: Mapping[str, str] | None = None,
+              config: Mapping[str, object] | None = None) -> Kernel:
         """``reboot(LINUX_REBOOT_CMD_KEXEC)``: freeze, shut down, jump, boot.
 
         A live-update freeze error makes the syscall fail (``KernelError``)
@@ -172,7 +180,9 @@ class Kernel:
         the new one is returned.
         """
         self._check_alive()
+        from luosim.kernel.config import resolve_config
         next_profile = get_profile(profile, policy)  # validate before anything irreversible
+        resolve_config(next_profile.config, config)
         self.printk("info", "kexec", f"reboot(KEXEC) to {next_profile.name}")
         self.liveupdate.reboot()  # liveupdate_reboot(): may fail, rolled back
         # kernel_restart_prepare(): device_shutdown()
@@ -184,7 +194,7 @@ class Kernel:
         self.alive = False
         self.printk("info", "kexec", "Starting new kernel")
         self.machine.kexec_jump(kho_data)
-        return Kernel.start(self.machine, next_profile, cmdline)
+        return Kernel.start(self.machine, next_profile, cmdline, config=config)
 
     # ------------------------------------------------------------------ uAPI-ish
     def open_liveupdate(self) -> LiveupdateDevice:
@@ -228,6 +238,10 @@ class Kernel:
 
     def policy(self, name: str) -> str:
         return self.profile.policy(name)
+
+    def configured(self, option: str) -> bool:
+        """``IS_ENABLED(option)`` of this kernel's build (``luosim.kernel.config``)."""
+        return self.config[option]
 
     def _check_alive(self) -> None:
         if not self.alive:

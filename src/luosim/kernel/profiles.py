@@ -34,6 +34,11 @@ class Profile:
     pci_cleanup: str  # removal semantics of cleanup_device: "v6" | "v7" | "v9" (pci.md §4.6)
     pci_bus_rule: str  # "v6" per-scan inheritance, "v9" sticky had_incoming (pci.md §5.1)
     iommu_flb_compat: str = "iommu-liveupdate"
+    # iommufd live update: "phase1" (retrieve EOPNOTSUPP, never finishes) or
+    # "phase2" (RETRIEVE_FD + IOMMU_HWPT_LU_RESTORE; luosim.kernel.iommu.iommufd)
+    iommufd_lu: str = "phase1"
+    # kernel config defaults of this build (luosim.kernel.config.CONFIG_DEFAULTS keys)
+    config: Mapping[str, bool] = field(default_factory=dict)
     policies: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
@@ -78,7 +83,7 @@ PROFILES: dict[str, Profile] = {
                   policies=dict(_DEFAULTS),
                   description="PCI series v7 (Jul 2026): block-set ABI, retrieve failure panics"),
     "v9": Profile("v9", luo_abi="luo-v5", pci_abi="v9", pci_cleanup="v9", pci_bus_rule="v9",
-                  policies=dict(_DEFAULTS),
+                  iommufd_lu="phase2", policies=dict(_DEFAULTS),
                   description="PCI v9-era snapshot (Sep 2026) on LUO 7.2+ (luo-v5 struct ABI)"),
 }
 

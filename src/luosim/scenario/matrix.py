@@ -1,5 +1,9 @@
 """Cross-version matrix: the same update for every (old, new) profile pair.
 
+:func:`run_paths` does the same for multi-hop paths A -> B -> C (consecutive
+live updates, each hop's ``after`` command line from the scenario's first
+``after`` kernel).
+
 Answers "can kernel X live-update to kernel Y, and what happens if not"
 (DESIGN.md "Kernel profiles": incompatible pairs must end as the spec says,
 ENOENT -> nothing preserved, or a panic, never a silent mis-decode).
@@ -7,6 +11,7 @@ ENOENT -> nothing preserved, or a panic, never a silent mis-decode).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,4 +42,25 @@ def run_matrix(scenario: Scenario, policy: Mapping[str, str] | None = None
             sc = scenario.model_copy(update={"kernels": kernels})
             result = run(sc, policy=policy)
             rows.append({"from": old, "to": new, "outcome": result.outcome, "why": why(result)})
+    return rows
+
+
+def run_paths(scenario: Scenario, hops: int, policy: Mapping[str, str] | None = None
+              ) -> list[dict[str, str]]:
+    """Every profile path of ``hops`` consecutive updates: one row per path with
+    ``from``, ``via`` (the kernels in between, "A -> B"), ``to``, outcome, why."""
+    if hops < 1:
+        raise ValueError(f"hops must be at least 1, not {hops}")
+    if hops == 1:
+        return run_matrix(scenario, policy)
+    before = scenario.kernels.before
+    after = scenario.kernels.after[0]
+    rows: list[dict[str, str]] = []
+    for path in itertools.product(PROFILES, repeat=hops + 1):
+        kernels = KernelsSpec(
+            before=KernelSpec(profile=path[0], cmdline=before.cmdline),
+            after=[KernelSpec(profile=p, cmdline=after.cmdline) for p in path[1:]])
+        result = run(scenario.model_copy(update={"kernels": kernels}), policy=policy)
+        rows.append({"from": path[0], "via": " -> ".join(path[1:-1]), "to": path[-1],
+                     "outcome": result.outcome, "why": why(result)})
     return rows

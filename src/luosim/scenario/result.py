@@ -36,10 +36,11 @@ class DeviceResult:
     bdf_before: str | None
     bdf_after: str | None
     preserved: bool
+    auto_preserved: bool = False  # a bridge preserved because a device below it is
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bdf_before": self.bdf_before, "bdf_after": self.bdf_after,
-                "preserved": self.preserved}
+                "preserved": self.preserved, "auto_preserved": self.auto_preserved}
 
 
 @dataclass

@@ -211,12 +211,21 @@ def iter_devices(machine: MachineSpec) -> list[DeviceSpec | PortSpec]:
 class KernelSpec(_Model):
     profile: str = "v6"
     cmdline: str = ""
+    # kernel config switches (luosim.kernel.config), e.g. CONFIG_IOMMU_LIVEUPDATE: false
+    config: dict[str, bool] = Field(default_factory=dict)
 
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str) -> str:
         if v not in PROFILES:
             raise ValueError(f"unknown kernel profile {v!r} (known: {', '.join(PROFILES)})")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: dict[str, bool]) -> dict[str, bool]:
+        from luosim.kernel.config import resolve_config
+        resolve_config(None, v)  # unknown keys: one line naming the key
         return v
 
 

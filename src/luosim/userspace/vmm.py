@@ -94,6 +94,42 @@ class Vmm:
         self.start_dma(vm)
         return vm
 
+    def restore_iommu(self, vm: Vm) -> None:
+        """After a live update: put the retrieved devices under a fresh HWPT.
+
+        With a retrieved iommufd (IOMMU phase 2, iommufd_liveupdate.c
+        selftest): bind every device (the iommufd takes their DMA ownership
+        over with the restored domain attached), IOMMU_HWPT_LU_RESTORE the
+        preserved HWPT, build a new IOAS mapping the retrieved guest RAM at
+        the same IOVA and a new HWPT, move every device to it (the context
+        entry is replaced in place: DMA keeps translating), mark it for the
+        next update and destroy the restored HWPT.  Without a preserved
+        iommufd (CONFIG_IOMMU_LIVEUPDATE=n) the devices get a new iommufd as
+        at creation.
+        """
+        if not vm.devices or vm.ram is None:
+            return
+        fresh = vm.iommufd is None
+        if fresh:
+            vm.iommufd = self.kernel.iommufd_mod.open()
+        ictx = vm.iommufd
+        assert ictx is not None
+        for d in vm.devices:
+            assert d.file is not None
+            d.dev_id = d.file.bind_iommufd(ictx)
+        restored = 0 if fresh else ictx.hwpt_lu_restore(vm.hwpt_token)
+        vm.ioas_id = ictx.ioas_alloc()
+        ictx.ioas_map_file(vm.ioas_id, vm.ram, 0, vm.memory, GUEST_IOVA_BASE)
+        vm.hwpt_id = ictx.hwpt_alloc(vm.devices[0].dev_id, vm.ioas_id)
+        for d in vm.devices:
+            assert d.file is not None
+            d.file.attach_hwpt(vm.hwpt_id)
+        if restored:
+            ictx.hwpt_destroy(restored)
+        if not vm.hwpt_token:
+            vm.hwpt_token = 0x1000 + self.vms.index(vm)
+        ictx.hwpt_set_preserve(vm.hwpt_id, vm.hwpt_token)
+
     def start_dma(self, vm: Vm) -> None:
         if not vm.dma or not vm.dma.get("rate_per_ms"):
             return

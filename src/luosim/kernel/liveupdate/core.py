@@ -98,7 +98,8 @@ class LuoCore:
         if self.abi not in ("luo-v1", "luo-v5"):
             raise ValueError(f"unknown LUO ABI {self.abi!r}")
         self.v5 = self.abi == "luo-v5"
-        self.enabled = _cmdline_enabled(kernel)
+        # CONFIG_LIVEUPDATE=n: not built (luosim.kernel.config)
+        self.enabled = _cmdline_enabled(kernel) and kernel.configured("CONFIG_LIVEUPDATE")
         self.liveupdate_number_in = 0
         self.liveupdate_number_out = 0
         self.files = FileManager(self)
