@@ -267,7 +267,8 @@ def _safe(name: str) -> str:
 
 def _session(d: _Dump, s: luo_abi.LuoSessionSer, chained: bool) -> Node:
     base = f"luo/session/{_safe(s.name)}"
-    node = Node(base, f"session {s.name!r}", fields={"files": hex(s.files), "count": s.count})
+    node = Node(f"{base}/files", f"session {s.name!r}",
+                fields={"files": hex(s.files), "count": s.count})
     raw = d.get(f"{base}/files")
     if raw is None:
         if s.count:

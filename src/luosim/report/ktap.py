@@ -49,7 +49,12 @@ def matrix_ktap(rows: Sequence[dict[str, str]]) -> str:
 def explore_ktap(data: dict[str, Any]) -> str:
     """One test per outcome group; only unsafe groups fail (a refusal or a panic
     is the kernel handling the fault as documented)."""
-    tests = []
+    tests: list[tuple[str, bool, str]] = []
+    if "rows" in data:  # --compare: one test per plan whose outcome differs
+        for r in data["rows"]:
+            plan = " + ".join(r["plan"]) or "no fault"
+            tests.append((plan, "unsafe" not in (r["a"], r["b"]), f"A {r['a']}, B {r['b']}"))
+        return ktap(tests, [f"luosim explore --compare: {len(tests)} plans differ"])
     for g in data.get("groups", []):
         plan = " + ".join(g.get("shortest_plan") or []) or "no fault"
         tests.append((f"{g['signature']} ({g['runs']} runs, e.g. {plan})",

@@ -156,6 +156,12 @@ def build_trace(result: RunResult, title: str = "luosim run") -> bytes:
             w.event(end, lu, pb.TrackEvent.TYPE_SLICE_END)
             inside_until = -1
 
+    if result.outcome != "ok":  # what ended the run, where it ended
+        why = result.panic or result.error or "; ".join(
+            f"{i.id}: {i.detail}" for i in result.broken)
+        w.event(end_ns, lu, pb.TrackEvent.TYPE_INSTANT, result.outcome,
+                [("detail", why)], ["outcome"])
+
     # kernels and their subsystems: events as instants
     for ev in result.events:
         kernel, sub = str(ev["kernel"]), str(ev["subsystem"])
