@@ -69,7 +69,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "sriov": "SR-IOV capability of an endpoint (its virtual functions).",
         "ports": "A switch's downstream ports.",
     },
-    "PortSpec": dict(_PCI_FUNCTION),
+    "PortSpec": {k: v for k, v in _PCI_FUNCTION.items() if k != "needs_acs_quirk"},
     "BusRegs": {
         "primary": "Primary bus number register (the bus the bridge sits on).",
         "secondary": "Secondary bus number register (the bus right below the bridge).",
