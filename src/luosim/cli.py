@@ -211,6 +211,15 @@ def inspect(file: Annotated[Path, typer.Argument(
     try:
         report = decode_blob(data, kind)
     except InspectError as exc:
+        from luosim.inspect.tree import find_in_dump, render_tree
+        # no magic, but a --dump-handover file: its path says what it is
+        found = find_in_dump(file) if exc.classification == "unknown" else None
+        if found is not None:
+            if as_json:
+                sys.stdout.write(json.dumps(found.as_json(), indent=2) + "\n")
+            else:
+                render_tree(found, out)
+            return
         if exc.classification == "bad-argument":
             fail(f"--as: {exc}")
         out.print(f"[bold red]{file}: {exc.classification}[/]: {exc}", soft_wrap=True)

@@ -99,6 +99,23 @@ def test_rich_tree_and_one_kexec_folder(dump: tuple[str, Path]) -> None:
     assert re.search(r"preserved-memory-map = 0x[0-9a-f]+", res.output)
 
 
+def test_each_dumped_file_auto_detected_alone(dump: tuple[str, Path]) -> None:
+    """`inspect FILE` without --as: blobs without a magic are known by their path."""
+    _profile, out = dump
+    base = out / "kexec1"
+    for f in sorted(p for p in base.rglob("*") if p.is_file()):
+        res = runner.invoke(app, ["inspect", str(f), "--json"])
+        assert res.exit_code == 0, (f, res.output)
+        doc = json.loads(res.output)
+        rel = f.relative_to(base).as_posix()
+        if "path" in doc:  # decoded through the dump tree
+            assert doc["path"] == ("kho/out/mem_map" if rel.startswith("kho/out/mem_map/")
+                                   else rel)
+            assert not [x for x in doc["findings"] if "cannot decode" in x]
+        else:
+            assert rel in ("kho_data", "kho/out/fdt", "kho/out/sub_fdts/LUO")
+
+
 def test_findings_for_foreign_and_corrupt_files(tmp_path: Path) -> None:
     out = tmp_path / "dump"
     res = runner.invoke(app, ["run", str(EX / "small-host.yaml"), "--json",

@@ -445,6 +445,25 @@ def inspect_dir(path: Path) -> Node:
     return top
 
 
+def find_in_dump(file: Path) -> Node | None:
+    """The decoded node of ``file`` when it lies in a dump folder (auto-detection
+    by path, for blobs without a magic such as ``luo/flb/pci-v2``), else None."""
+    file = file.resolve()
+    for folder in file.parents:
+        if (folder / "kho_data").is_file():
+            rel = file.relative_to(folder).as_posix()
+            if rel.startswith("kho/out/mem_map/"):  # one radix node: the map it belongs to
+                rel = "kho/out/mem_map"
+            stack = [decode_kexec(folder)]
+            while stack:
+                node = stack.pop()
+                if node.path == rel:
+                    return node
+                stack.extend(node.children)
+            return None
+    return None
+
+
 def count_findings(node: Node) -> int:
     return len(node.findings) + sum(count_findings(c) for c in node.children)
 
