@@ -22,7 +22,7 @@ def parse_ktap(text: str) -> list[tuple[bool, int, str, str | None]]:
     lines = text.splitlines()
     assert lines[0] == "KTAP version 1"
     plans = [ln for ln in lines if re.fullmatch(r"1\.\.\d+", ln)]
-    assert len(plans) == 1
+    assert len(plans) == 1 and lines[1] == plans[0]  # the plan follows the version line
     results = []
     for ln in lines[1:]:
         if ln.startswith("# ") or ln == plans[0]:
@@ -36,7 +36,7 @@ def parse_ktap(text: str) -> list[tuple[bool, int, str, str | None]]:
 
 def test_ktap_writer() -> None:
     text = ktap([("a", True, ""), ("b # c", False, "it broke\nhere")], ["hello"])
-    assert text == ("KTAP version 1\n# hello\n1..2\nok 1 - a\n"
+    assert text == ("KTAP version 1\n1..2\n# hello\nok 1 - a\n"
                     "not ok 2 - b c # it broke here\n")
     assert parse_ktap(text)[1] == (False, 2, "b c", "it broke here")
 

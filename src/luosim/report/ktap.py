@@ -1,8 +1,10 @@
 """KTAP v1 output (``--format ktap``) as kselftest prints it.
 
-The format (Documentation/dev-tools/ktap.rst in torvalds/linux): a
-``KTAP version 1`` line, a plan ``1..N``, then one ``ok N - name`` or
-``not ok N - name # reason`` line per test; ``# `` lines are diagnostics.
+The format (torvalds/linux 0e44d9fed546, Documentation/dev-tools/ktap.rst):
+a ``KTAP version 1`` line, the plan ``1..N`` right after it, then one
+``ok N - name`` or ``not ok N - name # reason`` line per test (a description
+cannot contain '#'; what follows '#' is diagnostic data); ``# `` lines are
+diagnostics.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def _clean(text: str) -> str:
 
 def ktap(tests: Sequence[tuple[str, bool, str]], diagnostics: Iterable[str] = ()) -> str:
     """``tests``: (name, ok, reason) in order; the reason is printed for failures."""
-    lines = ["KTAP version 1", *(f"# {_clean(d)}" for d in diagnostics), f"1..{len(tests)}"]
+    lines = ["KTAP version 1", f"1..{len(tests)}", *(f"# {_clean(d)}" for d in diagnostics)]
     for n, (name, ok, reason) in enumerate(tests, 1):
         if ok:
             lines.append(f"ok {n} - {_clean(name)}")
