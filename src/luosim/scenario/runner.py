@@ -136,6 +136,8 @@ class Run:
         dma = getattr(self.machine, "dma", None)
         if dma is not None:
             self.result.stats["dma_records"] = len(dma.records)
+            self.result.dma = [r.as_dict() for r in dma.records]
+        self.result.device_vm = dict(self.ctx.device_vm)
         return self.result
 
     def _execute(self, sc: Scenario) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from luosim.faults import Fault
 from luosim.hw.machine import parse_size
 from luosim.kernel.profiles import PROFILES, check_policy
+from luosim.scenario.descriptions import describe
 
 
 class ScenarioError(ValueError):
@@ -31,7 +32,7 @@ class ScenarioError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=describe)
 
 
 HexInt = int | str
