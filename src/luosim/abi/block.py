@@ -1,20 +1,21 @@
-"""KHO block-set ABI (``kho-block-v1``) and the small codec helpers every ABI module shares.
+"""KHO block-set ABI: ``struct kho_block_header_ser`` and the chain walk.
 
-Models ``struct kho_block_header_ser`` from include/linux/kho/abi/block.h and the
-chain walk of kernel/liveupdate/kho_block.c (spec luo.md §5.2, pci.md §3.2):
-a block is one preserved page (``KHO_BLOCK_SIZE`` = ``PAGE_SIZE`` = 4096)
-that starts with a 16-byte header ``{u64 next; u64 count}`` followed by
-``count`` fixed-size entries; ``next`` is the physical address of the next
-block header, 0 at the end of the chain.
+Models include/linux/kho/abi/block.h (torvalds/linux 637315cb) and the chain
+walk of kernel/liveupdate/kho_block.c (spec luo.md §5.2, pci.md §3.2): a
+block is one preserved page (``KHO_BLOCK_SIZE`` = ``PAGE_SIZE`` = 4096) that
+starts with a 16-byte header ``{u64 next; u64 count}`` followed by ``count``
+fixed-size entries; ``next`` is the physical address of the next block
+header, 0 at the end of the chain.  The merged header defines no compatible
+string ("kho-block-v1" existed only in review rounds; spec kho.md
+"Corrections"): each user's own compatible covers its blocks.
 
 Incoming rules (spec luo.md §5.2): a block with ``count == 0`` or ``count``
 above the per-block capacity is invalid; a cyclic chain or a chain longer than
 ``KHO_BLOCK_MAX`` blocks is invalid.  All of them are ``-EINVAL`` in the
 kernel; here they raise :class:`DecodeError`.
 
-The helpers :func:`check_uint`, :func:`check_int` and :func:`unpack_fields`
-live here (rather than in a private module) so that each ABI module stays one
-file per kernel header; they carry no block semantics.
+:func:`check_uint`, :func:`check_int` and :func:`unpack_fields` are
+re-exported for callers of the former hand-written codecs.
 """
 
 from __future__ import annotations
@@ -22,40 +23,23 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any
 
+from luosim.abi.cdecl import CStruct, check_int, check_uint, codec, declare
 from luosim.abi.errors import DecodeError, need
 
-KHO_BLOCK_COMPATIBLE = "kho-block-v1"
+__all__ = ["KHO_BLOCK_MAX", "KHO_BLOCK_SIZE", "FieldSpec", "KhoBlockHeaderSer",
+           "block_capacity", "check_int", "check_uint", "decode_block", "encode_block",
+           "encode_chain", "unpack_fields", "walk_chain"]
+
+BLOCK_H = "torvalds/linux@637315cb include/linux/kho/abi/block.h"
+
 KHO_BLOCK_SIZE = 4096
-#: Longest chain a reader accepts (spec luo.md §5.2: 10000 blocks; pci.md §3.2
-#: calls the value UNCONFIRMED for the PCI series, the same code is used).
+#: Longest chain a reader accepts (block.h @637315cb: 10000 blocks).
 KHO_BLOCK_MAX = 10000
 
 FieldSpec = tuple[str, int, int]
 """``(field name, offset inside the struct, size)``."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def check_uint(field: str, value: int, bits: int) -> int:
-    """Return ``value`` if it fits an unsigned ``bits``-bit field, else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: {value!r} is not an integer")
-    if value < 0 or value >> bits:
-        raise ValueError(f"{field}: {value:#x} does not fit in u{bits}")
-    return value
-
-
-def check_int(field: str, value: int, bits: int) -> int:
-    """Return ``value`` if it fits a signed two's-complement ``bits``-bit field."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: {value!r} is not an integer")
-    lim = 1 << (bits - 1)
-    if not -lim <= value < lim:
-        raise ValueError(f"{field}: {value} does not fit in s{bits}")
-    return value
 
 
 def unpack_fields(what: str, st: struct.Struct, buf: bytes, offset: int,
@@ -68,36 +52,21 @@ def unpack_fields(what: str, st: struct.Struct, buf: bytes, offset: int,
     return st.unpack_from(buf, offset)
 
 
-# --------------------------------------------------------------------------- header
+declare("""
+struct kho_block_header_ser {
+    u64 next;
+    u64 count;
+};
+""", packed=True)
 
 
+@codec("kho_block_header_ser", BLOCK_H, what="kho block")
 @dataclass(frozen=True)
-class KhoBlockHeaderSer:
-    """Models ``struct kho_block_header_ser`` from include/linux/kho/abi/block.h.
-
-    Packed, 16 bytes: ``next`` u64 @0 (phys of the next block header, 0 = end),
-    ``count`` u64 @8 (entries that follow this header in the block).
-    """
+class KhoBlockHeaderSer(CStruct):
+    """``struct kho_block_header_ser``: next block header phys (0 = end), entries in this block."""
 
     next: int
     count: int
-
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("next", 0, 8), ("count", 8, 8))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(check_uint("kho_block_header_ser.next", self.next, 64),
-                             check_uint("kho_block_header_ser.count", self.count, 64))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "kho block") -> Self:
-        nxt, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                   "kho_block_header_ser")
-        return cls(next=nxt, count=count)
-
-
-assert struct.calcsize("<QQ") == KhoBlockHeaderSer.SIZE
 
 
 def block_capacity(entry_size: int) -> int:
