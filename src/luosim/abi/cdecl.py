@@ -313,7 +313,7 @@ _setattr = object.__setattr__
 
 def _make(cls: type, values: dict[str, Any]) -> Any:
     """An instance of frozen dataclass ``cls`` holding ``values`` (no ``__init__``)."""
-    obj = _new(cls)
+    obj: Any = _new(cls)
     _setattr(obj, "__dict__", values)
     return obj
 
