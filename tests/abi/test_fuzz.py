@@ -34,7 +34,7 @@ STRUCTS: list[object] = [
     pci.PciSerV6(3, 2, (pci.PciDevSer(0, 0x300, 1), pci.PciDevSer(0, 0, 0),
                         pci.PciDevSer(0, 0x10, 2))),
     vfio.VfioPciCoreDeviceSer(0, 0x300), vfio.VfioPciCoreDeviceSerV2(0, 0x300, 1, 5),
-    vfio.VfioPciCoreDeviceSerIommuV1(0x300, 0, 1, 5),
+    vfio.VfioPciCoreDeviceSerIommuV1(0, 0x300, 1, 5),
     iommu.IommuFlbSer(1, 0x1000, 0x2000, 0x3000), iommu.IommuFlbSerV1(0x1000, 0x2000, 0x3000),
     iommu.IommuArrayHdrSer(0, 1), iommu.IommuHdrSer(1, 2),
     iommu.IommuDomainSer(iommu.IommuHdrSer(1, 0), 0x4000, 4, 48, True, 0),

@@ -30,7 +30,7 @@ from luosim.abi.errors import DecodeError, need
 
 __all__ = ["KHO_BLOCK_MAX", "KHO_BLOCK_SIZE", "FieldSpec", "KhoBlockHeaderSer",
            "block_capacity", "check_int", "check_uint", "decode_block", "encode_block",
-           "encode_chain", "unpack_fields", "walk_chain"]
+           "encode_chain", "unpack_fields", "walk_chain", "walk_pages"]
 
 BLOCK_H = "torvalds/linux@637315cb include/linux/kho/abi/block.h"
 
@@ -131,30 +131,41 @@ def walk_chain(read_page: Callable[[int], bytes], head_pa: int, entry_size: int,
     address that is not page aligned is ``bad-pointer``; revisiting a block is
     ``cycle``; more than ``max_blocks`` blocks is ``bad-value``.
     """
+    return walk_pages(read_page, head_pa, what, "kho_block_header_ser.next",
+                      lambda page, pa: decode_block(page, entry_size, what, base=pa),
+                      max_blocks, "block")
+
+
+def walk_pages(read_page: Callable[[int], bytes], head_pa: int, what: str, next_field: str,
+               decode_page: Callable[[bytes, int], tuple[int, list[bytes]]],
+               max_pages: int, unit: str) -> list[bytes]:
+    """Follow a chain of one-page records ``{next, ...}`` and collect their entries.
+
+    Shared by KHO block sets and IOMMU object arrays: ``decode_page(page,
+    pa)`` returns ``(next, entries)``.  Unaligned pointer or unreadable page:
+    ``bad-pointer``; a page visited twice: ``cycle``; more than
+    ``max_pages``: ``bad-value``.
+    """
     entries: list[bytes] = []
     seen: set[int] = set()
     pa = head_pa
-    prev_field_off = 0  # where the pointer that led here was read from (for messages)
     while pa:
         if pa % KHO_BLOCK_SIZE:
-            raise DecodeError(what, prev_field_off, "kho_block_header_ser.next",
-                              f"block address {pa:#x} is not page aligned", kind="bad-pointer")
+            raise DecodeError(what, pa, next_field, f"{unit} address {pa:#x} is not page aligned",
+                              kind="bad-pointer")
         if pa in seen:
-            raise DecodeError(what, pa, "kho_block_header_ser.next",
-                              f"cycle: block {pa:#x} visited twice", kind="cycle")
-        if len(seen) >= max_blocks:
-            raise DecodeError(what, pa, "kho_block_header_ser.next",
-                              f"chain longer than {max_blocks} blocks")
+            raise DecodeError(what, pa, next_field, f"cycle: {unit} {pa:#x} visited twice",
+                              kind="cycle")
+        if len(seen) >= max_pages:
+            raise DecodeError(what, pa, next_field, f"chain longer than {max_pages} {unit}s")
         seen.add(pa)
         try:
             page = read_page(pa)
         except Exception as exc:  # memory model errors → typed decode error
-            raise DecodeError(what, pa, "kho_block_header_ser.next",
-                              f"cannot read block at {pa:#x}: {exc!r}",
+            raise DecodeError(what, pa, next_field, f"cannot read {unit} at {pa:#x}: {exc!r}",
                               kind="bad-pointer") from exc
-        nxt, block_entries = decode_block(page, entry_size, what, base=pa)
-        entries.extend(block_entries)
-        prev_field_off = pa
+        nxt, page_entries = decode_page(page, pa)
+        entries.extend(page_entries)
         pa = nxt
     return entries
 

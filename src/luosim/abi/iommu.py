@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
-from luosim.abi.block import FieldSpec, check_uint, unpack_fields
+from luosim.abi.block import FieldSpec, check_uint, unpack_fields, walk_pages
 from luosim.abi.cdecl import CStruct, codec, declare
 from luosim.abi.errors import DecodeError
 
@@ -279,47 +279,8 @@ class IommuDomainSer(CStruct):
 
 @codec("iommu_domain_ser__pran", PRAN_22FA)
 @dataclass(frozen=True)
-class IommuDomainSerPran(CStruct):
+class IommuDomainSerPran(IommuDomainSer):
     """Domain object of 22fa8f30, 40 bytes: ``u8 sign_extend`` at 28, ``restored_domain`` at 32."""
-
-    hdr: IommuHdrSer
-    top_table_phys: int
-    top_level: int
-    vasz: int
-    sign_extend: bool = False
-    restored_domain: int = 0
-
-
-@codec("iommu_device_ser", SAMI_EF75)
-@dataclass(frozen=True)
-class IommuDeviceSer(CStruct):
-    """Device object with the VT-d union, 56 bytes (``attachment_id``: the VT-d domain id)."""
-
-    hdr: IommuHdrSer
-    devid: int
-    pci_domain_nr: int
-    attachment_id: int
-    domain_phys: int
-    iommu_phys: int
-    pasid_table: int = 0
-    max_pasid: int = 0
-
-
-@codec("iommu_device_ser__pran", PRAN_22FA)
-@dataclass(frozen=True)
-class IommuDeviceSerPran(CStruct):
-    """Device object of 22fa8f30, 72 bytes: ``dma_owner_token`` at 16, VT-d part at 48."""
-
-    hdr: IommuHdrSer
-    devid: int
-    pci_domain_nr: int
-    attachment_id: int
-    domain_phys: int
-    iommu_phys: int
-    pasid_table: int = 0
-    max_pasid: int = 0
-    dma_owner_token: int = 0
-    restored: int = 0
 
 
 @codec("iommu_device_ser__generic", SAMI_07A4)
@@ -335,29 +296,22 @@ class IommuDeviceSerGeneric(CStruct):
     iommu_phys: int
 
 
-@codec("iommu_hw_ser", f"{SAMI_EF75}; same bytes as {PRAN_22FA}",
-       renames={"intel.phys_addr": "reg_phys"})
+@codec("iommu_device_ser", SAMI_EF75)
 @dataclass(frozen=True)
-class IommuHwSer(CStruct):
-    """HW unit with ``iommu_intel_ser``, 112 bytes.
+class IommuDeviceSer(IommuDeviceSerGeneric):
+    """Device object with the VT-d union, 56 bytes (``attachment_id``: the VT-d domain id)."""
 
-    ``token`` (VT-d: DRHD register base), ``type`` (``IOMMU_INTEL``), then
-    ``restored`` @24, 7 padding bytes, ``phys_addr`` (here ``reg_phys``) @32,
-    ``root_table`` @40, ``context_tables_bitmap`` u64[8] @48 (bit b set =
-    context table of bus b preserved).
-    """
+    pasid_table: int = 0
+    max_pasid: int = 0
 
-    hdr: IommuHdrSer
-    token: int
-    type: int
+
+@codec("iommu_device_ser__pran", PRAN_22FA)
+@dataclass(frozen=True)
+class IommuDeviceSerPran(IommuDeviceSer):
+    """Device object of 22fa8f30, 72 bytes: ``dma_owner_token`` at 16, VT-d part at 48."""
+
+    dma_owner_token: int = 0
     restored: int = 0
-    reg_phys: int = 0
-    root_table: int = 0
-    context_tables_bitmap: tuple[int, ...] = field(default=(0,) * VTD_CONTEXT_BITMAP_WORDS)
-
-    def context_table_preserved(self, bus: int) -> bool:
-        _u("bus", bus, 9)
-        return bool(self.context_tables_bitmap[bus // 64] >> (bus % 64) & 1)
 
 
 @codec("iommu_hw_ser__generic", SAMI_07A4)
@@ -370,6 +324,28 @@ class IommuHwSerGeneric(CStruct):
     type: int
 
 
+@codec("iommu_hw_ser", f"{SAMI_EF75}; same bytes as {PRAN_22FA}",
+       renames={"intel.phys_addr": "reg_phys"})
+@dataclass(frozen=True)
+class IommuHwSer(IommuHwSerGeneric):
+    """HW unit with ``iommu_intel_ser``, 112 bytes.
+
+    ``token`` (VT-d: DRHD register base), ``type`` (``IOMMU_INTEL``), then
+    ``restored`` @24, 7 padding bytes, ``phys_addr`` (here ``reg_phys``) @32,
+    ``root_table`` @40, ``context_tables_bitmap`` u64[8] @48 (bit b set =
+    context table of bus b preserved).
+    """
+
+    restored: int = 0
+    reg_phys: int = 0
+    root_table: int = 0
+    context_tables_bitmap: tuple[int, ...] = field(default=(0,) * VTD_CONTEXT_BITMAP_WORDS)
+
+    def context_table_preserved(self, bus: int) -> bool:
+        _u("bus", bus, 9)
+        return bool(self.context_tables_bitmap[bus // 64] >> (bus % 64) & 1)
+
+
 @dataclass(frozen=True)
 class IommuAbi:
     """One version of iommu.h as a whole: the codecs a kernel built from it uses."""
@@ -378,9 +354,9 @@ class IommuAbi:
     compatible: str
     version: int | None  # the iommu_flb_ser version word, None if the struct has none
     flb: type[IommuFlbSer] | type[IommuFlbSerV1]
-    hw: type[IommuHwSer] | type[IommuHwSerGeneric]
-    domain: type[IommuDomainSer] | type[IommuDomainSerPran]
-    device: type[IommuDeviceSer] | type[IommuDeviceSerPran] | type[IommuDeviceSerGeneric]
+    hw: type[IommuHwSerGeneric]
+    domain: type[IommuDomainSer]
+    device: type[IommuDeviceSerGeneric]
     vtd: bool  # carries the VT-d union (root/context tables, PASID table)
 
 
@@ -455,30 +431,9 @@ def walk_arrays(read_page: Callable[[int], bytes], head_phys: int, obj_size: int
     FLB's three arrays; the caller decides).  Cycles → ``cycle``; unaligned or
     unreadable pages → ``bad-pointer``; more than ``max_pages`` → ``bad-value``.
     """
-    out: list[bytes] = []
-    seen: set[int] = set()
-    pa = head_phys
-    while pa:
-        if pa % PAGE_SIZE:
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"array page {pa:#x} is not page aligned", kind="bad-pointer")
-        if pa in seen:
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"cycle: array page {pa:#x} visited twice", kind="cycle")
-        if len(seen) >= max_pages:
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"more than {max_pages} array pages")
-        seen.add(pa)
-        try:
-            page = read_page(pa)
-        except Exception as exc:  # memory model errors → typed decode error
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"cannot read array page at {pa:#x}: {exc!r}",
-                              kind="bad-pointer") from exc
-        nxt, objs = decode_array_page(page, obj_size, what, base=pa)
-        out.extend(objs)
-        pa = nxt
-    return out
+    return walk_pages(read_page, head_phys, what, "iommu_array_hdr_ser.next_array_phys",
+                      lambda page, pa: decode_array_page(page, obj_size, what, base=pa),
+                      max_pages, "array page")
 
 
 # ----------------------------------------------------------------- VT-d hardware formats

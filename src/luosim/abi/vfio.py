@@ -69,19 +69,6 @@ class VfioPciCoreDeviceSer(CStruct):
     COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE
 
 
-@codec("vfio_pci_core_device_ser__iommu_v1", VFIO_SAMI)
-@dataclass(frozen=True)
-class VfioPciCoreDeviceSerIommuV1(CStruct):
-    """``vfio-pci-v1`` as extended by the IOMMU v1 series: token (the iommufd's LUO token) at 5."""
-
-    bdf: int
-    domain: int
-    reset_works: int
-    token: int
-
-    COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE
-
-
 @codec("vfio_pci_core_device_ser__v2", VFIO_ANOLIS)
 @dataclass(frozen=True)
 class VfioPciCoreDeviceSerV2(CStruct):
@@ -93,6 +80,15 @@ class VfioPciCoreDeviceSerV2(CStruct):
     token: int
 
     COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE_V2
+
+
+@codec("vfio_pci_core_device_ser__iommu_v1", VFIO_SAMI)
+@dataclass(frozen=True)
+class VfioPciCoreDeviceSerIommuV1(VfioPciCoreDeviceSerV2):
+    """``vfio-pci-v1`` as extended by the IOMMU v1 series: bdf @0, domain u16 @2,
+    reset_works @4, token (the iommufd's LUO token) @5; 9 bytes."""
+
+    COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE
 
 
 #: Layout a vfio-pci kernel writes and reads, by ABI name (a profile picks one).
