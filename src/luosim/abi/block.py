@@ -30,7 +30,7 @@ from luosim.abi.errors import DecodeError, need
 
 __all__ = ["KHO_BLOCK_MAX", "KHO_BLOCK_SIZE", "FieldSpec", "KhoBlockHeaderSer",
            "block_capacity", "check_int", "check_uint", "decode_block", "encode_block",
-           "encode_chain", "unpack_fields", "walk_chain", "walk_pages"]
+           "encode_chain", "pack_page", "unpack_fields", "walk_chain", "walk_pages"]
 
 BLOCK_H = "torvalds/linux@637315cb include/linux/kho/abi/block.h"
 
@@ -83,14 +83,20 @@ def encode_block(entries_bytes: Sequence[bytes], entry_size: int, next_pa: int) 
     readers reject it.  ``ValueError`` if an entry has the wrong size or the
     block would overflow.
     """
-    cap = block_capacity(entry_size)
-    if len(entries_bytes) > cap:
-        raise ValueError(f"{len(entries_bytes)} entries exceed the block capacity {cap}")
-    for i, e in enumerate(entries_bytes):
+    return pack_page(KhoBlockHeaderSer(next_pa, len(entries_bytes)).encode(), entries_bytes,
+                     entry_size, "block")
+
+
+def pack_page(header: bytes, entries: Sequence[bytes], entry_size: int, unit: str) -> bytes:
+    """A 4096-byte page: ``header``, fixed-size ``entries``, zero fill (``ValueError`` if an
+    entry has the wrong size or they do not fit)."""
+    cap = (KHO_BLOCK_SIZE - len(header)) // entry_size
+    if len(entries) > cap:
+        raise ValueError(f"{len(entries)} entries exceed the {unit} capacity {cap}")
+    for i, e in enumerate(entries):
         if len(e) != entry_size:
             raise ValueError(f"entry {i} is {len(e)} bytes, expected {entry_size}")
-    out = KhoBlockHeaderSer(next_pa, len(entries_bytes)).encode() + b"".join(entries_bytes)
-    return out.ljust(KHO_BLOCK_SIZE, b"\0")
+    return (header + b"".join(entries)).ljust(KHO_BLOCK_SIZE, b"\0")
 
 
 def decode_block(buf: bytes, entry_size: int, what: str,

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
-from luosim.abi.block import FieldSpec, check_uint, unpack_fields, walk_pages
+from luosim.abi.block import FieldSpec, check_uint, pack_page, unpack_fields, walk_pages
 from luosim.abi.cdecl import CStruct, codec, declare
 from luosim.abi.errors import DecodeError
 
@@ -394,14 +394,8 @@ def objs_per_page(obj_size: int) -> int:
 
 def encode_array_page(objects: Sequence[bytes], obj_size: int, next_array_phys: int) -> bytes:
     """One array page: header then the objects, zero fill to 4096 bytes (may be empty)."""
-    cap = objs_per_page(obj_size)
-    if len(objects) > cap:
-        raise ValueError(f"{len(objects)} objects exceed the page capacity {cap}")
-    for i, o in enumerate(objects):
-        if len(o) != obj_size:
-            raise ValueError(f"object {i} is {len(o)} bytes, expected {obj_size}")
-    out = IommuArrayHdrSer(next_array_phys, len(objects)).encode() + b"".join(objects)
-    return out.ljust(PAGE_SIZE, b"\0")
+    return pack_page(IommuArrayHdrSer(next_array_phys, len(objects)).encode(), objects,
+                     obj_size, "array page")
 
 
 def decode_array_page(buf: bytes, obj_size: int, what: str,
