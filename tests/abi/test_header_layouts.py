@@ -5,9 +5,9 @@ the ones the issue measured, the sizes printed by compiling them), never taken
 from luosim's encoder or layout engine:
 
 * torvalds/linux 637315cb include/linux/kho/abi/block.h
-* torvalds/linux cc4adab1 include/linux/kho/abi/luo.h (luo-v1); luo_ser from the
-  LUO linked-block series (luo-v5)
-* torvalds/linux include/uapi/linux/liveupdate.h
+* torvalds/linux cc4adab1 include/linux/kho/abi/luo.h (luo-v1 sessions and files); the
+  FLB structs from the LUO FLB series, luo_ser from the LUO linked-block series (luo-v5)
+* torvalds/linux 16cec0d2 include/uapi/linux/liveupdate.h
 * torvalds/linux ac2d8102 include/linux/kho/abi/memfd.h, c17ee635 kexec_handover.h
 * samikhawaja/linux ef754267 and 07a49313 include/linux/kho/abi/iommu.h
 * pran005/linux 22fa8f30 include/linux/kho/abi/iommu.h
@@ -29,7 +29,7 @@ HDR = {"hdr.ref_count": 0, "hdr.flags": 4}
 LAYOUTS: list[tuple[type, int, dict[str, int]]] = [
     # block.h @637315cb
     (block.KhoBlockHeaderSer, 16, {"next": 0, "count": 8}),
-    # luo.h @cc4adab1
+    # luo.h @cc4adab1 (FLB records: LUO FLB series)
     (luo.LuoSessionHeaderSer, 8, {"count": 0}),
     (luo.LuoFileSetSer, 16, {"files": 0, "count": 8}),
     (luo.LuoSessionSer, 80, {"name": 0, "file_set_ser.files": 64, "file_set_ser.count": 72}),
@@ -37,7 +37,7 @@ LAYOUTS: list[tuple[type, int, dict[str, int]]] = [
     (luo.LuoFlbHeaderSer, 16, {"pgcnt": 0, "count": 8}),
     (luo.LuoFlbSer, 64, {"name": 0, "data": 48, "count": 56}),
     (luo.LuoSer, 32, {"compatible": 0, "liveupdate_num": 8, "sessions_pa": 16, "flbs_pa": 24}),
-    # uapi/linux/liveupdate.h (natural alignment)
+    # uapi/linux/liveupdate.h @16cec0d2 (natural alignment)
     (luo.LiveupdateIoctlCreateSession, 72, {"size": 0, "fd": 4, "name": 8}),
     (luo.LiveupdateSessionPreserveFd, 16, {"size": 0, "fd": 4, "token": 8}),
     (luo.LiveupdateSessionFinish, 8, {"size": 0, "reserved": 4}),

@@ -30,8 +30,10 @@ from luosim.abi.cdecl import CStruct, check_uint, codec, declare
 from luosim.abi.errors import DecodeError
 
 LUO_H = "torvalds/linux@cc4adab1 include/linux/kho/abi/luo.h"
+LUO_FLB_H = ("include/linux/kho/abi/luo.h of the LUO FLB series (luo-flb-v1; not in "
+             "torvalds/linux@cc4adab1)")
 LUO_V5_H = "include/linux/kho/abi/luo.h of the LUO linked-block series (luo-v5, spec luo.md §5.2)"
-UAPI_H = "torvalds/linux include/uapi/linux/liveupdate.h"
+UAPI_H = "torvalds/linux@16cec0d2 include/uapi/linux/liveupdate.h"
 
 PAGE_SIZE = 4096
 
@@ -156,7 +158,7 @@ class LuoFileSer(CStruct):
     token: int
 
 
-@codec("luo_flb_header_ser", LUO_H, what="luo flb header")
+@codec("luo_flb_header_ser", LUO_FLB_H, what="luo flb header")
 @dataclass(frozen=True)
 class LuoFlbHeaderSer(CStruct):
     """FLB page header (P1+): ``pgcnt`` (always 1), ``count``; records follow."""
@@ -165,7 +167,7 @@ class LuoFlbHeaderSer(CStruct):
     count: int
 
 
-@codec("luo_flb_ser", LUO_H, what="luo flb")
+@codec("luo_flb_ser", LUO_FLB_H, what="luo flb")
 @dataclass(frozen=True)
 class LuoFlbSer(CStruct):
     """FLB record (64 bytes): ``name`` (the FLB compatible), opaque ``data``, ``count``."""
