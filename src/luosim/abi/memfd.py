@@ -22,7 +22,8 @@ from luosim.abi.cdecl import CStruct, codec, declare
 KHO_H = "torvalds/linux@c17ee635 include/linux/kho/abi/kexec_handover.h"
 KHO_C = "torvalds/linux@c17ee635 kernel/liveupdate/kexec_handover.c"
 MEMFD_H = "torvalds/linux@ac2d8102 include/linux/kho/abi/memfd.h"
-MEMFD_H_V2 = "memfd-v2 (seals) include/linux/kho/abi/memfd.h, LUO series (spec luo.md §5.3)"
+MEMFD_H_V2 = ("include/linux/kho/abi/memfd.h, memfd-v2 revision with seals and flags (LUO series, "
+              "spec luo.md §5.3; layout checked against a stored copy of that header)")
 
 PAGE_SIZE = 4096
 
