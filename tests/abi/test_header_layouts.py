@@ -13,6 +13,7 @@ from luosim's encoder or layout engine:
 * pran005/linux 22fa8f30 include/linux/kho/abi/iommu.h
 * jackYoung0915/anolis-cloud-kernel 5a52741a include/linux/kho/abi/vfio_pci.h
 * samikhawaja/linux d835969e include/linux/kho/abi/vfio_pci.h (+ IOMMU v1 token)
+* linux-mm/linux-mm 3bb8a42d include/linux/kho/abi/pci.h (v6 layout, "pci-v2")
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ LAYOUTS: list[tuple[type, int, dict[str, int]]] = [
                                "folios.flags": 44, "folios.order": 46}),
     (kho.KhoData, 32, {"fdt_addr": 0, "fdt_size": 8, "scratch_addr": 16, "scratch_size": 24}),
     (kho.KhoScratch, 16, {"addr": 0, "size": 8}),
-    # PCI v6/v7/v9 pci.h
+    # pci.h: v6 layout linux-mm/linux-mm 3bb8a42d; v7/v9 from the series mails
     (pci.PciDevSer, 8, {"domain": 0, "bdf": 4, "refcount": 6}),
+    (pci._PciSerV6Header, 8, {"max_nr_devices": 0, "nr_devices": 4}),
     (pci.PciSerV7, 12, {"nr_devices": 0, "devices": 4}),
     (pci.PciSerV9, 16, {"version": 0, "nr_devices": 4, "devices": 8}),
     # vfio_pci.h

@@ -29,8 +29,8 @@ from luosim.abi.block import block_capacity, check_uint
 from luosim.abi.cdecl import CStruct, codec, declare
 from luosim.abi.errors import DecodeError
 
-PCI_V6 = ("PCI series v6 include/linux/kho/abi/pci.h (lore "
-          "20260522202410.3104264-1-dmatlack@google.com)")
+PCI_V6 = ("linux-mm/linux-mm@3bb8a42d include/linux/kho/abi/pci.h (the v6-series layout, "
+          "\"pci-v2\"; PCI v6 lore 20260522202410.3104264-1-dmatlack@google.com)")
 PCI_V7 = ("PCI series v7 include/linux/kho/abi/pci.h (lore "
           "20260710212616.1351130-1-dmatlack@google.com)")
 PCI_V9 = "PCI v9-era include/linux/kho/abi/pci.h (lore 20260918200640.887030-1-dmatlack@google.com)"
