@@ -18,6 +18,7 @@ from luosim's encoder or layout engine:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -80,6 +81,7 @@ LAYOUTS: list[tuple[type, int, dict[str, int]]] = [
                              "intel.padding": 25, "intel.phys_addr": 32,
                              "intel.root_table": 40, "intel.context_tables_bitmap": 48}),
     (iommu.IommuArrayHdrSer, 16, {"next_array_phys": 0, "nr_objects": 8}),
+    (iommu.IommuHdrSer, 8, {"ref_count": 0, "flags": 4}),
     # iommu.h @07a49313
     (iommu.IommuFlbSer, 32, {"version": 0, "iommu_array_phys": 8, "iommu_domain_array_phys": 16,
                              "device_array_phys": 24}),
@@ -223,3 +225,27 @@ def test_codec_binding_by_name_and_errors() -> None:
         @dataclass(frozen=True)
         class Bad(cdecl.CStruct):
             nope: int
+
+
+def _bound_codecs() -> list[type[cdecl.CStruct]]:
+    found = []
+    for mod in (block, iommu, kho, luo, memfd, pci, vfio):
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, cdecl.CStruct) and "SOURCE" in vars(obj):
+                found.append(obj)
+    return found
+
+
+def test_every_codec_cites_a_header_and_has_a_golden_layout() -> None:
+    codecs = _bound_codecs()
+    assert len(codecs) >= 35
+    for cls in codecs:
+        assert re.search(r"\.[hc]\b", cls.SOURCE), cls  # names the header (or .c) it follows
+    # the retrieve-session / retrieve-fd twins share the create / preserve rows' layout
+    twins = {luo.LiveupdateIoctlRetrieveSession: luo.LiveupdateIoctlCreateSession,
+             luo.LiveupdateSessionRetrieveFd: luo.LiveupdateSessionPreserveFd}
+    covered = {c for c, _, _ in LAYOUTS}
+    for cls in codecs:
+        ref = twins.get(cls, cls)
+        assert ref in covered, f"{cls.__name__} has no golden layout row"
+        assert cls.OFFSETS == ref.OFFSETS
