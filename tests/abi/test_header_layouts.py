@@ -179,7 +179,7 @@ def test_decode_errors_are_classified() -> None:
 
 cdecl.declare("""
 struct t_cdecl_inner { u64 a; u32 b; u16 c; };
-""", packed=False)
+""")
 cdecl.declare("""
 struct t_cdecl_outer {
     u8 tag;
@@ -189,17 +189,20 @@ struct t_cdecl_outer {
     u8 after;
     union { struct t_cdecl_inner x; u8 raw[20]; };
     s32 sval;
-};
-""", packed=True)
+} __packed;
+""")
 
 
 def test_gcc_packed_layout_rules() -> None:
     """Packed: no padding before the (aligned, 16-byte) nested struct; 13 bit-field bits take
-    two bytes; a union is as large as its largest member."""
+    two bytes; the (not packed) union keeps its own size, 20 rounded up to its 8-byte
+    alignment = 24, though it is placed without padding."""
     lay = cdecl.layout("t_cdecl_outer")
     assert lay.offsets == {"tag": 0, "in.a": 1, "in.b": 9, "in.c": 13, "lo": 17, "mid": 17,
-                           "after": 19, "x.a": 20, "x.b": 28, "x.c": 32, "sval": 40}
-    assert lay.size == 44
+                           "after": 19, "x.a": 20, "x.b": 28, "x.c": 32, "sval": 44}
+    assert lay.size == 48
+    inner = cdecl.layout("t_cdecl_inner")  # natural alignment: 8 + 4 + 2, padded to 16
+    assert inner.offsets == {"a": 0, "b": 8, "c": 12} and inner.size == 16
 
 
 def test_codec_binding_by_name_and_errors() -> None:
@@ -216,7 +219,7 @@ def test_codec_binding_by_name_and_errors() -> None:
     o = Outer(1, 5, 0x3FF, 2, 9, -3)
     raw = o.encode()
     assert raw[17:19] == (5 | 0x3FF << 3).to_bytes(2, "little")
-    assert raw[40:44] == (-3).to_bytes(4, "little", signed=True)
+    assert raw[44:48] == (-3).to_bytes(4, "little", signed=True)
     assert Outer.decode(raw) == o
     with pytest.raises(ValueError, match=r"t_cdecl_outer\.mid: .* u10"):
         Outer(1, 0, 1 << 10, 0, 0, 0).encode()
@@ -249,3 +252,16 @@ def test_every_codec_cites_a_header_and_has_a_golden_layout() -> None:
         ref = twins.get(cls, cls)
         assert ref in covered, f"{cls.__name__} has no golden layout row"
         assert cls.OFFSETS == ref.OFFSETS
+
+
+def test_packed_attribute_spellings_and_unsupported_forms() -> None:
+    cdecl.declare("""
+struct t_cdecl_attr { u8 a; u32 b; } __attribute__((packed));
+struct t_cdecl_nat { u8 a; u32 b; };
+struct t_cdecl_natbits { u32 a:1; u32 b; };
+""")
+    assert cdecl.layout("t_cdecl_attr").offsets == {"a": 0, "b": 1}
+    assert cdecl.layout("t_cdecl_nat").offsets == {"a": 0, "b": 4}
+    assert cdecl.layout("t_cdecl_nat").size == 8
+    with pytest.raises(NotImplementedError, match="bit-field"):
+        cdecl.layout("t_cdecl_natbits")

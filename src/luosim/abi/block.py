@@ -56,8 +56,8 @@ declare("""
 struct kho_block_header_ser {
     u64 next;
     u64 count;
-};
-""", packed=True)
+} __packed;
+""")
 
 
 @codec("kho_block_header_ser", BLOCK_H, what="kho block")

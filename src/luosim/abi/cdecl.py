@@ -1,7 +1,7 @@
 """Declarative codecs: a kernel struct is written once, as its C declaration.
 
-:func:`declare` feeds C text (as in the kernel header, ``__packed`` or natural
-alignment chosen per declaration) to dissect.cstruct, which parses types,
+:func:`declare` feeds C text, as in the kernel header (``} __packed;`` or
+natural alignment, per struct), to dissect.cstruct, which parses types,
 arrays, bit-fields, nested structs and unions.  The byte layout is then
 computed here with GCC's rules for x86-64 (dissect.cstruct keeps a bit-field's
 whole storage unit even in a packed struct; GCC ``__packed`` gives a
@@ -30,6 +30,7 @@ first member (the one this model uses; the others are declared for size).
 
 from __future__ import annotations
 
+import re
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -53,18 +54,46 @@ for _name, _base in (("u8", "uint8"), ("u16", "uint16"), ("u32", "uint32"), ("u6
                      ("phys_addr_t", "uint64")):
     _CS.typedefs[_name] = _CS.resolve(_base)
 _PACKED: set[str] = set()
+_PENDING: list[str] = []
+_ATTR_PACKED = re.compile(r"\}\s*(?:__packed|__attribute__\s*\(\(\s*packed\s*\)\))\s*;")
 
 
-def declare(c_source: str, *, packed: bool) -> None:
-    """Register the structs of ``c_source``: ``packed`` is ``__packed``, else natural alignment.
+def declare(c_source: str) -> None:
+    """Register the structs of ``c_source``, written as in the header.
 
-    A struct name is declared once for the whole process (headers of
-    different trees that reuse a name must rename it, e.g. with a suffix).
+    A struct whose closing brace is followed by ``__packed`` (or
+    ``__attribute__((packed))``) is packed; any other struct has natural
+    x86-64 alignment.  A struct name is declared once for the whole process
+    (another tree's struct of the same name takes a ``__variant`` suffix).
+    Parsing is deferred to the first :func:`layout` call, so all pending
+    declarations go through dissect.cstruct in one pass.
     """
-    before = set(_CS.typedefs)
-    _CS.load(c_source, align=not packed)
-    if packed:
-        _PACKED.update(n for n in set(_CS.typedefs) - before)
+    for m in _ATTR_PACKED.finditer(c_source):
+        _PACKED.add(_struct_name_before(c_source, m.start()))
+    _PENDING.append(_ATTR_PACKED.sub("};", c_source))
+
+
+def _struct_name_before(src: str, close: int) -> str:
+    """Name of the top-level ``struct NAME {`` whose body ends at ``close``."""
+    depth = 0
+    for i in range(close, -1, -1):
+        if src[i] == "}":
+            depth += 1
+        elif src[i] == "{":
+            depth -= 1
+            if depth == 0:
+                m = re.search(r"struct\s+(\w+)\s*$", src[:i])
+                if m is None:
+                    raise ValueError("__packed after a body that is not 'struct NAME {'")
+                return m.group(1)
+    raise ValueError("unbalanced braces in declaration")
+
+
+def _flush() -> None:
+    if _PENDING:
+        text = "\n".join(_PENDING)
+        _PENDING.clear()
+        _CS.load(text, compiled=False)
 
 
 @dataclass(frozen=True)
@@ -96,54 +125,73 @@ class Layout:
         return {leaf.path: leaf.offset for leaf in self.leaves}
 
 
-def _struct_type(name: str) -> Any:
-    return _CS.resolve(f"struct {name}") if f"struct {name}" in _CS.typedefs \
-        else _CS.resolve(name)
-
-
 def _is_packed(t: Any) -> bool:
-    return t.__name__ in _PACKED or f"struct {t.__name__}" in _PACKED
+    return t.__name__ in _PACKED
+
+
+def _align_up(value: int, align: int) -> int:
+    return -(-value // align) * align
 
 
 def _leaves(t: Any, base: int, prefix: str, out: list[Leaf],
-            nests: list[tuple[str, int, int]]) -> int:
-    """Append the leaves of struct/union type ``t`` placed at ``base``; return its size."""
+            nests: list[tuple[str, int, int]]) -> tuple[int, int]:
+    """Append the leaves of struct/union ``t`` placed at ``base``; return (size, alignment).
+
+    GCC x86-64: a ``__packed`` struct places every member at the next byte
+    (bit-fields at the next bit; the member after a bit-field run starts on a
+    byte) and has alignment 1; otherwise each member is aligned to its own
+    alignment and the size is rounded up to the largest one.
+    """
+    packed = _is_packed(t)
     if issubclass(t, Union):
-        size = 0
+        size, align = 0, 1
         for i, f in enumerate(t.__fields__):
             sub: list[Leaf] = []
-            fsize = _field(f, base, prefix, sub, nests if i == 0 else [])
-            size = max(size, fsize)
+            fsize, falign = _field(f, base, prefix, sub, nests if i == 0 else [])
+            size, align = max(size, fsize), max(align, falign)
             if i == 0:
                 out.extend(sub)
-        return size
-    packed = _is_packed(t)
-    bitpos = 0  # bit cursor from base (packed layout)
-    group: Leaf | None = None
+        align = 1 if packed else align
+        return _align_up(size, align), align
+    bitpos = 0  # bit cursor from base
+    align = 1
+    gstart = -1  # bit position where the current bit-field run started
     for f in t.__fields__:
         bits = getattr(f, "bits", None)
         if bits:
             if not packed:
                 raise NotImplementedError(f"bit-field {f.name} in naturally aligned {t.__name__}")
-            if group is None:
-                group = Leaf(prefix + "", base + bitpos // 8, 0, "group")
+            if gstart < 0:
                 gstart = bitpos
-            shift = bitpos - gstart
-            out.append(Leaf(prefix + f.name, group.offset, 0, "bits", shift=shift, bits=bits))
+            out.append(Leaf(prefix + f.name, base + gstart // 8, 0, "bits",
+                            shift=bitpos - gstart, bits=bits))
             bitpos += bits
             continue
-        if group is not None:  # close the bit-field group: next member starts on a byte
-            bitpos = -(-bitpos // 8) * 8
-            gsize = (bitpos - gstart) // 8
-            _close_group(out, group.offset, gsize)
-            group = None
-        off = base + (bitpos // 8 if packed else f.offset)
-        fsize = _field(f, off, prefix, out, nests)
-        bitpos = (off - base + fsize) * 8
-    if group is not None:
-        bitpos = -(-bitpos // 8) * 8
-        _close_group(out, group.offset, (bitpos - gstart) // 8)
-    return bitpos // 8 if packed else len(t)
+        if gstart >= 0:  # close the bit-field run: the next member starts on a byte
+            bitpos = _align_up(bitpos, 8)
+            _close_group(out, base + gstart // 8, (bitpos - gstart) // 8)
+            gstart = -1
+        falign = 1 if packed else _alignment(f.type)
+        off = _align_up(bitpos // 8, falign)
+        fsize, falign2 = _field(f, base + off, prefix, out, nests)
+        align = max(align, 1 if packed else falign2)
+        bitpos = (off + fsize) * 8
+    if gstart >= 0:
+        bitpos = _align_up(bitpos, 8)
+        _close_group(out, base + gstart // 8, (bitpos - gstart) // 8)
+    return _align_up(bitpos // 8, align), align
+
+
+def _alignment(t: Any) -> int:
+    """Natural alignment of a member type (structs: of their largest member; packed: 1)."""
+    if issubclass(t, Structure):
+        if _is_packed(t):
+            return 1
+        return max((_alignment(f.type) for f in t.__fields__ if not getattr(f, "bits", None)),
+                   default=1)
+    if issubclass(t, BaseArray):
+        return _alignment(t.type)
+    return len(t)
 
 
 def _close_group(out: list[Leaf], offset: int, size: int) -> None:
@@ -155,42 +203,44 @@ def _close_group(out: list[Leaf], offset: int, size: int) -> None:
 
 
 def _field(f: Any, off: int, prefix: str, out: list[Leaf],
-           nests: list[tuple[str, int, int]]) -> int:
+           nests: list[tuple[str, int, int]]) -> tuple[int, int]:
+    """Append the leaves of member ``f`` at ``off``; return its (size, alignment)."""
     t = f.type
     name = f.name
     if issubclass(t, Structure):  # struct, union, anonymous union (name None)
         if name is None:
             return _leaves(t, off, prefix, out, nests)
-        size = _leaves(t, off, f"{prefix}{name}.", out, nests)
+        size, align = _leaves(t, off, f"{prefix}{name}.", out, nests)
         nests.append((f"{prefix}{name}.", off, size))
-        return size
+        return size, align
     path = prefix + name
     if issubclass(t, CharArray):
         out.append(Leaf(path, off, len(t), "char"))
-        return len(t)
+        return len(t), 1
     if issubclass(t, BaseArray):
         et = t.type
         if not issubclass(et, Packed):
             raise NotImplementedError(f"array of {et.__name__} in {path}")
+        n: int = t.num_entries
         if len(et) == 1 and not et.packchar.islower():  # u8[]: raw bytes
-            out.append(Leaf(path, off, t.num_entries, "char"))
-            return int(t.num_entries)
-        asize: int = len(et) * t.num_entries
-        out.append(Leaf(path, off, asize, "array", signed=et.packchar.islower(),
-                        count=t.num_entries, elem=len(et)))
-        return asize
+            out.append(Leaf(path, off, n, "char"))
+            return n, 1
+        out.append(Leaf(path, off, len(et) * n, "array", signed=et.packchar.islower(),
+                        count=n, elem=len(et)))
+        return len(et) * n, len(et)
     if issubclass(t, Packed):
         out.append(Leaf(path, off, len(t), "int", signed=t.packchar.islower(), bits=8 * len(t)))
-        return len(t)
+        return len(t), len(t)
     raise NotImplementedError(f"{path}: unsupported type {t.__name__}")
 
 
 def layout(name: str) -> Layout:
     """The GCC x86-64 layout of declared ``struct name``."""
-    t = _struct_type(name)
+    _flush()
+    t = _CS.resolve(name)
     out: list[Leaf] = []
     nests: list[tuple[str, int, int]] = []
-    size = _leaves(t, 0, "", out, nests)
+    size, _align = _leaves(t, 0, "", out, nests)
     return Layout(name, size, tuple(sorted(out, key=lambda x: (x.offset, x.shift))),
                   tuple(nests))
 

@@ -73,16 +73,16 @@ declare("""
 struct iommu_hdr_ser {
     u32 ref_count;
     u32 flags;
-};
+} __packed;
 struct iommu_array_hdr_ser {
     u64 next_array_phys;
     u64 nr_objects;
-};
+} __packed;
 struct iommu_dev_map_ser {
     u64 attachment_id;
     u64 domain_phys;
     u64 iommu_phys;
-};
+} __packed;
 struct iommu_domain_ser {
     struct iommu_hdr_ser hdr;
     u64 top_table_phys;
@@ -90,8 +90,8 @@ struct iommu_domain_ser {
     u32 vasz;
     u32 sign_extend:1;
     u64 restored_domain;    /* struct iommu_domain *: 8 bytes on x86-64 */
-};
-""", packed=True)
+} __packed;
+""")
 # ef754267: iommu_intel_ser is not __packed (natural alignment, no holes).
 declare("""
 struct iommu_intel_ser {
@@ -101,12 +101,12 @@ struct iommu_intel_ser {
     u64 root_table;
     u64 context_tables_bitmap[8];
 };
-""", packed=False)
+""")
 declare("""
 struct iommu_device_intel_ser {
     u64 pasid_table;
     u64 max_pasid;
-};
+} __packed;
 struct iommu_device_ser {
     struct iommu_hdr_ser hdr;
     u32 devid;
@@ -115,7 +115,7 @@ struct iommu_device_ser {
     union {
         struct iommu_device_intel_ser intel;
     };
-};
+} __packed;
 struct iommu_hw_ser {
     struct iommu_hdr_ser hdr;
     u64 token;
@@ -123,13 +123,13 @@ struct iommu_hw_ser {
     union {
         struct iommu_intel_ser intel;
     };
-};
+} __packed;
 struct iommu_flb_ser__v1 {
     u64 iommu_array_phys;
     u64 iommu_domain_array_phys;
     u64 device_array_phys;
-};
-""", packed=True)
+} __packed;
+""")
 # 07a49313: the generic layout, no vendor part.
 declare("""
 struct iommu_device_ser__generic {
@@ -137,19 +137,19 @@ struct iommu_device_ser__generic {
     u32 devid;
     u32 pci_domain_nr;
     struct iommu_dev_map_ser domain_iommu_ser;
-};
+} __packed;
 struct iommu_hw_ser__generic {
     struct iommu_hdr_ser hdr;
     u64 token;
     u64 type;
-};
+} __packed;
 struct iommu_flb_ser {
     u64 version;
     u64 iommu_array_phys;
     u64 iommu_domain_array_phys;
     u64 device_array_phys;
-};
-""", packed=True)
+} __packed;
+""")
 # 22fa8f30: u8 sign_extend, dma_owner_token, VT-d and SMMUv3 union members.
 declare("""
 struct iommu_domain_ser__pran {
@@ -160,19 +160,19 @@ struct iommu_domain_ser__pran {
     u8 sign_extend;
     u8 padding[3];
     u64 restored_domain;    /* struct iommu_domain * */
-};
+} __packed;
 struct iommu_device_intel_ser__pran {
     u8 restored;
     u8 padding[7];
     u64 pasid_table;
     u64 max_pasid;
-};
+} __packed;
 struct iommu_master_smmuv3_ser {
     u64 l1_cdtab_lu_state;
     u32 num_l2_cdtables;
     u32 padding;
     u64 l2_cdtab_lu_states_phys;
-};
+} __packed;
 struct iommu_device_ser__pran {
     struct iommu_hdr_ser hdr;
     u32 devid;
@@ -183,13 +183,13 @@ struct iommu_device_ser__pran {
         struct iommu_device_intel_ser__pran intel;
         struct iommu_master_smmuv3_ser smmuv3;
     };
-};
+} __packed;
 struct iommu_smmuv3_hw_ser {
     u64 phys_addr;
     u64 strtab_base_cfg;
     u64 l1_strtab_lu_state;
     u64 l2_strtab_lu_states_phys;
-};
+} __packed;
 struct iommu_hw_ser__pran {
     struct iommu_hdr_ser hdr;
     u64 token;
@@ -198,8 +198,8 @@ struct iommu_hw_ser__pran {
         struct iommu_intel_ser intel;
         struct iommu_smmuv3_hw_ser smmuv3;
     };
-};
-""", packed=True)
+} __packed;
+""")
 
 
 def _u(name: str, value: int, bits: int = 64) -> int:

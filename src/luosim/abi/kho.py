@@ -114,7 +114,7 @@ struct kho_scratch {
     phys_addr_t addr;
     phys_addr_t size;
 };
-""", packed=False)
+""")
 
 
 @codec("kho_data", "torvalds/linux arch/x86/include/uapi/asm/setup_data.h (commit not checked)")

@@ -85,36 +85,36 @@ def _u(field: str, value: int, bits: int = 64) -> int:
 declare("""
 struct luo_session_header_ser {
     u64 count;
-};
+} __packed;
 struct luo_file_set_ser {
     u64 files;
     u64 count;
-};
+} __packed;
 struct luo_session_ser {
     char name[64];                      /* LIVEUPDATE_SESSION_NAME_LENGTH */
     struct luo_file_set_ser file_set_ser;
-};
+} __packed;
 struct luo_file_ser {
     char compatible[48];                /* LIVEUPDATE_HNDL_COMPAT_LENGTH */
     u64 data;
     u64 token;
-};
+} __packed;
 struct luo_flb_header_ser {
     u64 pgcnt;
     u64 count;
-};
+} __packed;
 struct luo_flb_ser {
     char name[48];
     u64 data;
     u64 count;
-};
+} __packed;
 struct luo_ser {
     char compatible[8];
     u64 liveupdate_num;
     u64 sessions_pa;
     u64 flbs_pa;
-};
-""", packed=True)
+} __packed;
+""")
 
 
 @codec("luo_session_header_ser", LUO_H, what="luo session header")
@@ -435,7 +435,7 @@ struct liveupdate_session_get_name {
     __u32 reserved;
     __u8 name[64];
 };
-""", packed=False)
+""")
 
 
 @dataclass(frozen=True)

@@ -63,19 +63,19 @@ struct kho_vmalloc {
     unsigned short flags;
     unsigned short order;
 };
-""", packed=False)
+""")
 declare("""
 struct memfd_luo_folio_ser {
     u64 pfn:52;
     u64 flags:12;
     u64 index;
-};
+} __packed;
 struct memfd_luo_ser {
     u64 pos;
     u64 size;
     u64 nr_folios;
     struct kho_vmalloc folios;
-};
+} __packed;
 struct memfd_luo_ser__v2 {
     u64 pos;
     u64 size;
@@ -83,12 +83,12 @@ struct memfd_luo_ser__v2 {
     u32 flags;
     u64 nr_folios;
     struct kho_vmalloc folios;
-};
+} __packed;
 struct kho_vmalloc_chunk {
     u64 next;               /* struct kho_vmalloc_hdr hdr */
     u64 phys[511];
-};
-""", packed=True)
+} __packed;
+""")
 
 
 @codec("kho_vmalloc", KHO_H)

@@ -102,22 +102,22 @@ struct pci_dev_ser {
     u32 domain;
     u16 bdf;
     u16 refcount;
-};
+} __packed;
 struct pci_ser__v6 {
     u32 max_nr_devices;
     u32 nr_devices;
     /* struct pci_dev_ser devices[max_nr_devices]; */
-};
+} __packed;
 struct pci_ser__v7 {
     u32 nr_devices;
     u64 devices;
-};
+} __packed;
 struct pci_ser {
     u32 version;
     u32 nr_devices;
     u64 devices;
-};
-""", packed=True)
+} __packed;
+""")
 
 
 @codec("pci_dev_ser", f"{PCI_V6}; {PCI_V7}; {PCI_V9}")

@@ -38,24 +38,24 @@ VFIO_PCI_LUO_FH_COMPATIBLE_V2 = "vfio-pci-v2"
 declare("""
 struct vfio_iommufd_ser {
     u32 token;
-};
+} __packed;
 struct vfio_pci_core_device_ser {
     u32 domain;
     u16 bdf;
-};
+} __packed;
 struct vfio_pci_core_device_ser__iommu_v1 {
     u16 bdf;
     u16 domain;
     u8 reset_works;
     struct vfio_iommufd_ser iommufd_ser;
-};
+} __packed;
 struct vfio_pci_core_device_ser__v2 {
     u32 domain;
     u16 bdf;
     u8 reset_works;
     struct vfio_iommufd_ser iommufd_ser;
-};
-""", packed=True)
+} __packed;
+""")
 
 
 @codec("vfio_pci_core_device_ser", VFIO_V5)
