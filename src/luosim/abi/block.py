@@ -7,7 +7,9 @@ starts with a 16-byte header ``{u64 next; u64 count}`` followed by ``count``
 fixed-size entries; ``next`` is the physical address of the next block
 header, 0 at the end of the chain.  The merged header defines no compatible
 string ("kho-block-v1" existed only in review rounds; spec kho.md
-"Corrections"): each user's own compatible covers its blocks.
+"Corrections"): its layout is covered by the KHO root compatible
+(``KHO_FDT_COMPATIBLE``, per the header's own DOC comment) and by each user's
+compatible.
 
 Incoming rules (spec luo.md §5.2): a block with ``count == 0`` or ``count``
 above the per-block capacity is invalid; a cyclic chain or a chain longer than
@@ -35,7 +37,8 @@ __all__ = ["KHO_BLOCK_MAX", "KHO_BLOCK_SIZE", "FieldSpec", "KhoBlockHeaderSer",
 BLOCK_H = "torvalds/linux@637315cb include/linux/kho/abi/block.h"
 
 KHO_BLOCK_SIZE = 4096
-#: Longest chain a reader accepts (block.h @637315cb: 10000 blocks).
+#: Longest chain a reader accepts (spec luo.md §5.2: 10000 blocks; the value is the
+#: reader's, block.h @637315cb defines only KHO_BLOCK_SIZE and the header).
 KHO_BLOCK_MAX = 10000
 
 FieldSpec = tuple[str, int, int]
