@@ -75,23 +75,28 @@ def test_iommu_flb_follows_one_header(monkeypatch: pytest.MonkeyPatch, compat: s
     assert k2.iommu.device_by_name(DSA0).group.domain is not None
 
 
-def test_vfio_pci_v2_record_carries_the_iommufd_token(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("abi", "compat", "size"), [
+    ("vfio-pci-v2", "vfio-pci-v2", 11), ("vfio-pci-v1-iommu", "vfio-pci-v1", 9)])
+def test_vfio_record_carries_the_iommufd_token(monkeypatch: pytest.MonkeyPatch, abi: str,
+                                              compat: str, size: int) -> None:
     base = profiles.PROFILES["v6"]
     prof = _VfioProfile(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
-                        vfio_abi="vfio-pci-v2")
-    prof = dataclasses.replace(prof, name="v6-vfio2")
+                        vfio_abi=abi)
+    prof = dataclasses.replace(prof, name=f"v6-{abi}")
     k = _boot(monkeypatch, prof)
-    assert k.vfio.handler.compatible == "vfio-pci-v2"
+    assert k.vfio.handler.compatible == compat
     _preserve(k)
     lfs = [lf for sess in k.liveupdate.sessions.outgoing for lf in sess.files.files
            if lf.token == 3]
-    assert len(lfs) == 1 and lfs[0].handler.compatible == "vfio-pci-v2"
-    raw = k.machine.memory.read(lfs[0].serialized_data, 11)
-    # anolis 5a52741a: {u32 domain, u16 bdf, u8 reset_works, u32 token @7}
+    assert len(lfs) == 1 and lfs[0].handler.compatible == compat
+    raw = k.machine.memory.read(lfs[0].serialized_data, size)
     bdf = pdev(k, DSA0).bdf
-    assert raw == (0).to_bytes(4, "little") + bdf.to_bytes(2, "little") + b"\x01" \
-        + (2).to_bytes(4, "little")
-    assert vfio.VfioPciCoreDeviceSerV2.decode(raw).token == 2
+    if size == 11:  # anolis 5a52741a: {u32 domain, u16 bdf, u8 reset_works, u32 token @7}
+        exp = (0).to_bytes(4, "little") + bdf.to_bytes(2, "little") + b"\x01"
+    else:  # d835969e + IOMMU v1: {u16 bdf, u16 domain, u8 reset_works, u32 token @5}
+        exp = bdf.to_bytes(2, "little") + (0).to_bytes(2, "little") + b"\x01"
+    assert raw == exp + (2).to_bytes(4, "little")  # the iommufd's LUO token
+    assert vfio.VFIO_LAYOUTS[abi].decode(raw).token == 2  # type: ignore[attr-defined]
     k2 = k.kexec(prof.name)
     s2 = k2.open_liveupdate().retrieve_session("vm")
     dev = s2.retrieve_fd(3)

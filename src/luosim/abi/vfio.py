@@ -94,5 +94,6 @@ class VfioPciCoreDeviceSerIommuV1(VfioPciCoreDeviceSerV2):
 #: Layout a vfio-pci kernel writes and reads, by ABI name (a profile picks one).
 VFIO_LAYOUTS: dict[str, type[VfioPciCoreDeviceSer] | type[VfioPciCoreDeviceSerV2]] = {
     "vfio-pci-v1": VfioPciCoreDeviceSer,
+    "vfio-pci-v1-iommu": VfioPciCoreDeviceSerIommuV1,
     "vfio-pci-v2": VfioPciCoreDeviceSerV2,
 }

@@ -56,7 +56,12 @@ import itertools
 from typing import TYPE_CHECKING, Any, cast
 
 from luosim.abi.errors import DecodeError
-from luosim.abi.vfio import VFIO_LAYOUTS, VfioPciCoreDeviceSer, VfioPciCoreDeviceSerV2
+from luosim.abi.vfio import (
+    VFIO_LAYOUTS,
+    VfioPciCoreDeviceSer,
+    VfioPciCoreDeviceSerIommuV1,
+    VfioPciCoreDeviceSerV2,
+)
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.dma import DmaController, DmaEngine
@@ -236,9 +241,10 @@ class VfioGroupFile(File):
 class VfioPciLuoHandler(FileHandler):
     """``vfio_pci_liveupdate_fh``: compatible and record layout of the profile's vfio_pci.h.
 
-    ``"vfio-pci-v1"`` (6-byte v5 record, the default) or ``"vfio-pci-v2"``
-    (11 bytes with ``reset_works`` and the iommufd token; anolis 5a52741a),
-    see :mod:`luosim.abi.vfio`.
+    ``"vfio-pci-v1"`` (6-byte v5 record, the default), ``"vfio-pci-v1-iommu"``
+    (9 bytes, samikhawaja d835969e + IOMMU v1) or ``"vfio-pci-v2"`` (11 bytes
+    with ``reset_works`` and the iommufd token; anolis 5a52741a), see
+    :mod:`luosim.abi.vfio`.
     """
 
     def __init__(self, mod: VfioPci) -> None:
@@ -276,10 +282,11 @@ class VfioPciLuoHandler(FileHandler):
                 f.iommufd.device_unpreserve(f.dev_id)
             raise
         ser: VfioPciCoreDeviceSer | VfioPciCoreDeviceSerV2
-        if self.layout is VfioPciCoreDeviceSerV2:
-            # u64 LUO token stored in the header's u32 (C assignment truncates); every
-            # modelled function can be reset, so reset_works is 1
-            ser = VfioPciCoreDeviceSerV2(f.pdev.domain, f.pdev.bdf, 1, token & 0xFFFFFFFF)
+        if issubclass(self.layout, VfioPciCoreDeviceSerV2):  # records carrying the token
+            # C assignments truncate: the u64 LUO token into u32, and (IOMMU v1 layout)
+            # the u32 segment into u16; every modelled function can be reset
+            dom_mask = 0xFFFF if self.layout is VfioPciCoreDeviceSerIommuV1 else 0xFFFFFFFF
+            ser = self.layout(f.pdev.domain & dom_mask, f.pdev.bdf, 1, token & 0xFFFFFFFF)
         else:
             ser = VfioPciCoreDeviceSer(f.pdev.domain, f.pdev.bdf)
         k.machine.memory.write(ser_pa, ser.encode())
