@@ -188,7 +188,9 @@ def inspect(file: Annotated[Path, typer.Argument(
                 help="A hand-over blob or debugfs file, or a --dump-handover folder.")],
             kind: Annotated[str, typer.Option(
                 "--as", help="auto | kho-fdt | luo-fdt | luo-ser | pci-v6 | pci-v7 | pci-v9 | "
-                             "memfd | kho-data")] = "auto",
+                             "memfd | kho-data | iommu-{flb,flb-v1,domain,domain-pran,device,"
+                             "device-pran,device-generic,hw,hw-generic} | vfio-pci-v1 | "
+                             "vfio-pci-v1-iommu | vfio-pci-v2")] = "auto",
             as_json: JsonOpt = False) -> None:
     """Decode a hand-over blob (FDT or packed struct), or a whole dump folder as a tree."""
     from luosim.inspect.decode import InspectError, decode_blob

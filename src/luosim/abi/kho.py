@@ -1,7 +1,8 @@
 """Kexec HandOver ABI (``kho-v2``): root FDT, radix memory map, boot data.
 
-Models include/linux/kho/abi/kexec_handover.h and the x86 ``kho_data``
-setup_data.  The memory map is the radix tree of page-sized nodes keyed by
+Models include/linux/kho/abi/kexec_handover.h (torvalds/linux 3f2ad900:
+"kho-v2", radix tree, ``preserved-memory-map``, subnode ``preserved-data``)
+and the x86 ``kho_data`` setup_data.  The memory map is the radix tree of page-sized nodes keyed by
 ``(1 << (52 - order)) | (pa >> (12 + order))``; leaves are 32768-bit
 bitmaps, intermediate nodes 512 physical addresses (6 levels in all).
 """
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 
 import libfdt
 
-from luosim.abi.errors import DecodeError, need
+from luosim.abi.cdecl import CStruct, codec, declare
+from luosim.abi.errors import DecodeError
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -101,8 +103,23 @@ def walk_radix_tree(read_page: Callable[[int], bytes], root_pa: int, mem_size: i
 
 # -- boot protocol ----------------------------------------------------------
 
+declare("""
+struct kho_data {
+    __u64 fdt_addr;
+    __u64 fdt_size;
+    __u64 scratch_addr;
+    __u64 scratch_size;
+};
+struct kho_scratch {
+    phys_addr_t addr;
+    phys_addr_t size;
+};
+""")
+
+
+@codec("kho_data", "torvalds/linux arch/x86/include/uapi/asm/setup_data.h (commit not checked)")
 @dataclass(frozen=True)
-class KhoData:
+class KhoData(CStruct):
     """x86 ``struct kho_data`` (setup_data type SETUP_KEXEC_KHO), 32 bytes."""
 
     fdt_addr: int
@@ -110,37 +127,27 @@ class KhoData:
     scratch_addr: int
     scratch_size: int
 
-    SIZE = 32
-    _FMT = "<QQQQ"
 
-    def encode(self) -> bytes:
-        return struct.pack(self._FMT, self.fdt_addr, self.fdt_size, self.scratch_addr,
-                           self.scratch_size)
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0) -> KhoData:
-        need("kho_data", buf, offset, cls.SIZE, "fdt_addr")
-        return cls(*struct.unpack_from(cls._FMT, buf, offset))
-
-
+@codec("kho_scratch", "torvalds/linux include/linux/kexec_handover.h (commit not checked)",
+       what="kho_scratch[]")
 @dataclass(frozen=True)
-class KhoScratch:
+class KhoScratch(CStruct):
     """``struct kho_scratch``: {phys_addr_t addr; phys_addr_t size;}, 16 bytes."""
 
     addr: int
     size: int
 
-    SIZE = 16
-
-    def encode(self) -> bytes:
-        return struct.pack("<QQ", self.addr, self.size)
-
     @classmethod
-    def decode_array(cls, buf: bytes) -> list[KhoScratch]:
-        if len(buf) % cls.SIZE:
-            raise DecodeError("kho_scratch[]", len(buf) - len(buf) % cls.SIZE, "addr",
-                              f"array length {len(buf)} is not a multiple of 16", kind="truncated")
-        return [cls(*struct.unpack_from("<QQ", buf, o)) for o in range(0, len(buf), cls.SIZE)]
+    def decode_array(cls, buf: bytes, count: int | None = None,
+                     what: str | None = None) -> list[KhoScratch]:
+        """The whole array (``count`` defaults to all of ``buf``, which must be whole records)."""
+        if count is None:
+            if len(buf) % cls.SIZE:
+                raise DecodeError("kho_scratch[]", len(buf) - len(buf) % cls.SIZE, "addr",
+                                  f"array length {len(buf)} is not a multiple of 16",
+                                  kind="truncated")
+            count = len(buf) // cls.SIZE
+        return super().decode_array(buf, count, what)
 
 
 # -- root FDT -----------------------------------------------------------------

@@ -71,7 +71,12 @@ import itertools
 from typing import TYPE_CHECKING, Any, cast
 
 from luosim.abi.errors import DecodeError
-from luosim.abi.vfio import VFIO_PCI_LUO_FH_COMPATIBLE, VfioPciCoreDeviceSer
+from luosim.abi.vfio import (
+    VFIO_LAYOUTS,
+    VfioPciCoreDeviceSer,
+    VfioPciCoreDeviceSerIommuV1,
+    VfioPciCoreDeviceSerV2,
+)
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.dma import DmaController, DmaEngine
@@ -260,10 +265,19 @@ class VfioContainerFile(File):
 
 
 class VfioPciLuoHandler(FileHandler):
-    """``vfio_pci_liveupdate_fh`` (compatible ``"vfio-pci-v1"``)."""
+    """``vfio_pci_liveupdate_fh``: compatible and record layout of the profile's vfio_pci.h.
+
+    ``"vfio-pci-v1"`` (6-byte v5 record, the default), ``"vfio-pci-v1-iommu"``
+    (9 bytes, samikhawaja d835969e + IOMMU v1) or ``"vfio-pci-v2"`` (11 bytes
+    with ``reset_works`` and the iommufd token; anolis 5a52741a), see
+    :mod:`luosim.abi.vfio`.
+    """
 
     def __init__(self, mod: VfioPci) -> None:
-        super().__init__(VFIO_PCI_LUO_FH_COMPATIBLE)
+        # a profile without a vfio layer choice is a v5-era vfio build
+        abi = str(getattr(mod.kernel.profile, "vfio_abi", "vfio-pci-v1"))
+        self.layout = VFIO_LAYOUTS[abi]
+        super().__init__(self.layout.COMPATIBLE)
         self.mod = mod
 
     def can_preserve(self, file: File) -> bool:
@@ -276,9 +290,10 @@ class VfioPciLuoHandler(FileHandler):
         f = cast(VfioDeviceFile, args.file)
         k = self.mod.kernel
         iommufd_done = False
+        token = 0
         if f.iommufd is not None and f.hwpt_id and k.configured("CONFIG_IOMMU_LIVEUPDATE"):
             # device->iommufd_attached (without CONFIG_IOMMU_LIVEUPDATE: the stub)
-            f.iommufd.device_preserve(f.dev_id, args.file_set)
+            token = f.iommufd.device_preserve(f.dev_id, args.file_set)
             iommufd_done = True
         try:
             k.pci_lu.preserve(f.pdev)
@@ -287,13 +302,21 @@ class VfioPciLuoHandler(FileHandler):
                 f.iommufd.device_unpreserve(f.dev_id)
             raise
         try:
-            ser_pa = k.kho.alloc_preserve(VfioPciCoreDeviceSer.SIZE)
+            ser_pa = k.kho.alloc_preserve(self.layout.SIZE)
         except KernelError:
             k.pci_lu.unpreserve(f.pdev)
             if iommufd_done and f.iommufd is not None:
                 f.iommufd.device_unpreserve(f.dev_id)
             raise
-        k.machine.memory.write(ser_pa, VfioPciCoreDeviceSer(f.pdev.domain, f.pdev.bdf).encode())
+        ser: VfioPciCoreDeviceSer | VfioPciCoreDeviceSerV2
+        if issubclass(self.layout, VfioPciCoreDeviceSerV2):  # records carrying the token
+            # C assignments truncate: the u64 LUO token into u32, and (IOMMU v1 layout)
+            # the u32 segment into u16; every modelled function can be reset
+            dom_mask = 0xFFFF if self.layout is VfioPciCoreDeviceSerIommuV1 else 0xFFFFFFFF
+            ser = self.layout(f.pdev.domain & dom_mask, f.pdev.bdf, 1, token & 0xFFFFFFFF)
+        else:
+            ser = VfioPciCoreDeviceSer(f.pdev.domain, f.pdev.bdf)
+        k.machine.memory.write(ser_pa, ser.encode())
         f.lu_preserved = True
         args.serialized_data = ser_pa
         args.private_data = f.vdev
@@ -336,8 +359,8 @@ class VfioPciLuoHandler(FileHandler):
         k = self.mod.kernel
         k.machine.faults.check(FP_RETRIEVE, f"{args.serialized_data:#x}")
         try:
-            ser = VfioPciCoreDeviceSer.decode(
-                k.machine.memory.read(args.serialized_data, VfioPciCoreDeviceSer.SIZE))
+            ser = self.layout.decode(
+                k.machine.memory.read(args.serialized_data, self.layout.SIZE))
         except (DecodeError, ValueError) as exc:
             raise KernelError(errno.EINVAL, str(exc)) from None
         pdev = k.pci.find_bdf(ser.domain, ser.bdf)
