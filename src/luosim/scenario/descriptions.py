@@ -88,6 +88,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "profile": "Kernel profile (v6, v7, v9): which hand-over ABIs and policies this "
                    "kernel has (`luosim matrix` runs every pair).",
         "cmdline": "Kernel command line, e.g. 'pci=assign-busses' or 'init_on_free=0'.",
+        "config": "Kernel config switches CONFIG_NAME: true|false over the profile's "
+                  "defaults (e.g. CONFIG_IOMMU_LIVEUPDATE: false); `luosim.kernel.config` "
+                  "lists the known ones.",
     },
     "WorkloadSpec": {
         "vms": "The virtual machines running before the update.",
@@ -101,6 +104,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "folio_order": "Page order of the memfd's folios (0 = 4 KiB, 9 = 2 MiB).",
         "devices": "Names of the PCI functions assigned to the VM through vfio-pci.",
         "dma": "DMA the VM's devices do into guest RAM (none if absent).",
+        "ram_backing": "What backs guest RAM: memfd (shmem), hugetlb-2M or hugetlb-1G "
+                       "(MFD_HUGETLB memfd from the kernel's hugepage pool; 1G needs whole GiB).",
     },
     "DmaSpec": {
         "rate_per_ms": "DMA writes per simulated millisecond, per device.",
