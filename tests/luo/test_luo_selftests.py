@@ -91,9 +91,10 @@ def test_preserve_memfd(profile: str) -> None:
 
 
 def _luo_pages(k: object) -> set[tuple[int, int]]:
-    """KHO blocks LUO itself keeps preserved while idle."""
+    """KHO blocks LUO (and KHO's kexec-metadata) keep preserved while idle."""
     lu = k.liveupdate  # type: ignore[attr-defined]
-    pages = {(lu.out_blob_pa >> 12, 0), (lu.out_flb_pa >> 12, 0)}
+    pages = {(lu.out_blob_pa >> 12, 0), (lu.out_flb_pa >> 12, 0),
+             *k.kho.own_blocks()}  # type: ignore[attr-defined]
     if lu.sessions.block_pa:
         pages.add((lu.sessions.block_pa >> 12, 4))
     return pages

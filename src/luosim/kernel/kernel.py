@@ -120,6 +120,7 @@ class Kernel:
         self.liveupdate = LuoCore(self)
         self.liveupdate.early_init()
         self._boot_devices()
+        self.kho.init()  # fs_initcall kho_init(): kexec-metadata
         # late
         self.memfd = MemfdSubsystem(self)
         self.memfd.late_init()
@@ -144,7 +145,8 @@ class Kernel:
         # subsys: PCI enumeration with the live-update hooks
         self.pci = PciSubsystem(self)
         self.pci_lu = PciLiveupdate(self)
-        self.pci.hooks = self.pci_lu
+        if self.profile.layer("pci") is not None:  # a build without the PCI series has no hooks
+            self.pci.hooks = self.pci_lu
         self.pci.enumerate()
         self.machine.stage("pci-enumerated")
         # IOMMU driver init and device probe (adopts preserved tables first)
@@ -153,9 +155,11 @@ class Kernel:
         self.machine.stage("iommu-ready")
         # device: vfio-pci and iommufd register their file handlers and FLBs
         self.iommufd_mod = Iommufd(self)
-        self.iommufd_mod.init()
+        if self.profile.layer("iommufd") is not None:
+            self.iommufd_mod.init()
         self.vfio = VfioPci(self)
-        self.vfio.init()
+        if self.profile.layer("vfio") is not None:
+            self.vfio.init()
 
     def kexec(self, profile: str = "v6", cmdline: str = "",
               policy: Mapping[str, str] | None = None) -> Kernel:
