@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from luosim.cli_profiles import register as _register_profiles
 from luosim.faults import Fault
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -199,6 +200,7 @@ def _mount_explorer() -> None:
 
 
 _mount_explorer()
+_register_profiles(app)
 
 
 def main() -> None:
