@@ -146,7 +146,7 @@ def schema() -> None:
 def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debugfs file.")],
             kind: Annotated[str, typer.Option(
                 "--as", help="auto | kho-fdt | luo-fdt | luo-ser | pci-v6 | pci-v7 | pci-v9 | "
-                             "memfd | kho-data")] = "auto",
+                             "memfd | kho-data | kexec-metadata | memblock")] = "auto",
             as_json: JsonOpt = False) -> None:
     """Decode a real or simulated hand-over blob (FDT or packed struct)."""
     from luosim.inspect.decode import InspectError, decode_blob

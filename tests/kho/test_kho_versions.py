@@ -190,3 +190,30 @@ def test_memblock_fdt_golden_and_dtc(tmp_path: Path) -> None:
     with pytest.raises(DecodeError) as ei:
         decode_memblock_fdt(other)
     assert ei.value.kind == "bad-compatible"
+
+
+def test_inspect_decodes_the_new_layouts(tmp_path: Path) -> None:
+    """Issue #10: `luosim inspect` decodes a kho-v3 root, kexec-metadata and memblock."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from luosim.cli import app
+    runner = CliRunner()
+    files = {
+        "root.dtb": encode_root_fdt(0x5000, [("kexec-metadata", 0x6000, 73)], "kho-v3"),
+        "meta.bin": km.KexecMetadata(1, "v9", 3).encode(),
+        "memblock.dtb": encode_memblock_fdt([ReserveMem("trace", 0x100000, 0x2000)]),
+    }
+    out = {}
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+        res = runner.invoke(app, ["inspect", str(tmp_path / name), "--json"])
+        assert res.exit_code == 0, res.output
+        out[name] = json.loads(res.output)
+    assert out["root.dtb"]["compatible"] == "kho-v3"
+    assert out["root.dtb"]["blob-size"] == {"kexec-metadata": 73}
+    assert out["meta.bin"] == {"kind": "kexec-metadata", "version": 1,
+                               "previous_release": "v9", "kexec_count": 3}
+    assert out["memblock.dtb"]["reserve_mem"] == {"trace": {"start": "0x100000",
+                                                            "size": 0x2000}}
