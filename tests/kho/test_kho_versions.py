@@ -217,3 +217,24 @@ def test_inspect_decodes_the_new_layouts(tmp_path: Path) -> None:
                                "previous_release": "v9", "kexec_count": 3}
     assert out["memblock.dtb"]["reserve_mem"] == {"trace": {"start": "0x100000",
                                                             "size": 0x2000}}
+
+
+def test_reserve_mem_region_is_revived_at_the_same_address() -> None:
+    """mm/memblock.c: a reserve_mem region comes back at its address with its content."""
+    cmd = "liveupdate=1 reserve_mem=64K:4096:trace reserve_mem=8K:8K:oops"
+    m = Machine(1 << 30)
+    k = m.boot("v9", cmdline=cmd)
+    regions = dict(k.reserve_mem.regions)
+    assert set(regions) == {"trace", "oops"} and regions["oops"].start % 8192 == 0
+    m.memory.write(regions["trace"].start, b"ftrace ring")
+    k2 = k.kexec("v9", cmdline=cmd)
+    assert k2.reserve_mem.revived == {"trace", "oops"}
+    assert k2.reserve_mem.regions == regions
+    assert m.memory.read(regions["trace"].start, 11) == b"ftrace ring"
+    # the memblock FDT is left reserved; the regions themselves are claimed
+    unclaimed = {pa for pa, _o in k2.kho.unclaimed()}
+    assert k2.reserve_mem.in_fdt_pa in unclaimed
+    assert regions["trace"].start not in unclaimed
+    # a kernel asking for another size gets a fresh region
+    k3 = k2.kexec("v9", cmdline="liveupdate=1 reserve_mem=128K:4096:trace")
+    assert k3.reserve_mem.revived == set()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from luosim.errors import DeadKernelError, KernelPanic
 from luosim.kernel.kho import Kho
+from luosim.kernel.mm.memblock import ReserveMemRegions
 from luosim.kernel.mm.page_alloc import PageAllocator
 from luosim.kernel.profiles import Profile, get_profile
 
@@ -121,6 +122,8 @@ class Kernel:
         self.liveupdate.early_init()
         self._boot_devices()
         self.kho.init()  # fs_initcall kho_init(): kexec-metadata
+        self.reserve_mem = ReserveMemRegions(self)
+        self.reserve_mem.init()  # reserve_mem= regions, revived from KHO (memblock-v1)
         # late
         self.memfd = MemfdSubsystem(self)
         self.memfd.late_init()
