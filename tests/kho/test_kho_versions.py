@@ -238,3 +238,16 @@ def test_reserve_mem_region_is_revived_at_the_same_address() -> None:
     # a kernel asking for another size gets a fresh region
     k3 = k2.kexec("v9", cmdline="liveupdate=1 reserve_mem=128K:4096:trace")
     assert k3.reserve_mem.revived == set()
+
+
+def test_root_layout_follows_kho_add_subtree_calls(tmp_path: Path) -> None:
+    """kho_add_subtree() (gregkh/linux 9d87d0fc) edits the live root with libfdt's
+    fdt_add_subnode() and fdt_setprop(): a new node goes right after the root's
+    properties and a new property first in its node.  So dtc lists the newest
+    subtree first and blob-size before preserved-data."""
+    blob = encode_root_fdt(0x1000, [("first", 0x2000, 1), ("second", 0x3000, 2)], "kho-v3")
+    dts = _dts(tmp_path, blob)
+    assert dts.index("second {") < dts.index("first {")
+    body = dts[dts.index("first {"):]
+    assert body.index("blob-size") < body.index("preserved-data")
+    assert len(blob) < 4096  # fdt_pack() after every edit

@@ -167,9 +167,16 @@ def encode_root_fdt(mem_map_pa: int, subtrees: list[Subtree],
                     compatible: str = KHO_FDT_COMPATIBLE) -> bytes:
     """The root FDT as ``kho_out_fdt_setup()`` + ``kho_add_subtree()`` leave it.
 
-    ``subtrees`` are ``(name, phys)`` or ``(name, phys, size)``; a kho-v3/v4
-    root writes ``blob-size`` (the size, or 0 when none is given) after
-    ``preserved-data`` in every subnode, as ``kho_add_subtree()`` does.
+    ``subtrees`` are ``(name, phys)`` or ``(name, phys, size)`` in the order
+    they were added; a kho-v3/v4 root gives every subnode ``blob-size`` (the
+    size, 0 when none is given).  The calls are the kernel's (gregkh/linux
+    9d87d0fc kernel/liveupdate/kexec_handover.c): the root properties through
+    the sequential writer, then per subtree ``fdt_open_into(PAGE_SIZE)``,
+    ``fdt_add_subnode(root, 0, name)``, ``fdt_setprop(preserved-data)``,
+    ``fdt_setprop(blob-size)``, ``fdt_pack()``.  libfdt inserts a new node
+    right after the parent's properties and a new property first in its node,
+    so the blob lists subtrees newest first and ``blob-size`` before
+    ``preserved-data``.
     """
     with_size = compatible in KHO_BLOB_SIZE_VERSIONS
     sw = libfdt.FdtSw()
@@ -177,19 +184,21 @@ def encode_root_fdt(mem_map_pa: int, subtrees: list[Subtree],
     with sw.add_node(""):
         sw.property_string("compatible", compatible)
         sw.property(KHO_FDT_MEMORY_MAP_PROP_NAME, mem_map_pa.to_bytes(8, "little"))
-        for sub in subtrees:
-            name, pa = sub[0], sub[1]
-            with sw.add_node(name):
-                sw.property(KHO_FDT_SUB_TREE_PROP_NAME, pa.to_bytes(8, "little"))
-                if with_size:
-                    size = sub[2] if len(sub) == 3 else 0
-                    sw.property(KHO_SUB_TREE_SIZE_PROP_NAME, size.to_bytes(8, "little"))
     fdt = sw.as_fdt()
     fdt.pack()
-    out = bytes(fdt.as_bytearray())
-    if len(out) > PAGE_SIZE:
-        raise ValueError(f"KHO root FDT of {len(out)} bytes exceeds one page")
-    return out
+    try:
+        for sub in subtrees:
+            name, pa = sub[0], sub[1]
+            fdt.resize(PAGE_SIZE)  # fdt_open_into(root_fdt, root_fdt, PAGE_SIZE)
+            off = fdt.add_subnode(0, name)
+            fdt.setprop(off, KHO_FDT_SUB_TREE_PROP_NAME, pa.to_bytes(8, "little"))
+            if with_size:
+                size = sub[2] if len(sub) == 3 else 0
+                fdt.setprop(off, KHO_SUB_TREE_SIZE_PROP_NAME, size.to_bytes(8, "little"))
+            fdt.pack()
+    except libfdt.FdtException as exc:
+        raise ValueError(f"KHO root FDT does not fit in one page: {exc}") from None
+    return bytes(fdt.as_bytearray())
 
 
 @dataclass(frozen=True)
