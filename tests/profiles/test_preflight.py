@@ -83,3 +83,21 @@ def test_preflight_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["preflight", "v7", "v99"])
     assert res.exit_code == 2
     assert "unknown kernel profile 'v99'" in res.output
+
+
+def test_memfd_mismatch_is_refused_at_retrieve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test-only build (v9 with memfd-v1): no handler for the other memfd version,
+    session deserialization fails with EIO; preflight and the run agree."""
+    from dataclasses import replace
+
+    from luosim.scenario.runner import run
+    from luosim.scenario.schema import KernelSpec, KernelsSpec
+    monkeypatch.setitem(PROFILES, "v9-memfd1",
+                        replace(PROFILES["v9"], name="v9-memfd1", memfd_abi="memfd-v1"))
+    sc = load_scenario(EX / "small-host.yaml")
+    for old, new in (("v9", "v9-memfd1"), ("v9-memfd1", "v9")):
+        kernels = KernelsSpec(before=KernelSpec(profile=old), after=[KernelSpec(profile=new)])
+        result = run(sc.model_copy(update={"kernels": kernels}))
+        v = preflight(get_profile(old), get_profile(new), uses_of(sc), sc.policy)
+        assert result.outcome == v.outcome == "refused", (result.outcome, v.why)
+        assert "EIO" in str(result.error) and v.why.startswith("memfd:")

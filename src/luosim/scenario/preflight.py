@@ -13,7 +13,8 @@ the update stops before kexec) or panic.  The rules are the kernel's:
 * LUO: ``luo_early_startup()`` -> ``luo_restore_fail()`` panics on another
   LUO ABI (luo.md §1.1).
 * memfd: a file record whose handler compatible is not registered fails
-  ``luo_file_deserialize()`` (luo.md §3.6: ``/dev/liveupdate`` open -> EIO).
+  session deserialization (luo.md §3.6): the agent's retrieve gets EIO and
+  the run ends refused.
 * PCI FLB: another compatible is ENOENT -> no device is incoming and bus
   numbers are not inherited; the same compatible with another layout fails
   to decode -> the ``pci.retrieve_failure`` policy (pci.md §3.1, §9).
@@ -166,9 +167,9 @@ def preflight(old: Profile, new: Profile, uses: frozenset[str] = frozenset(LAYER
         rows.append(LayerVerdict("memfd", old.memfd_abi, new.memfd_abi, "ok",
                                  f"{old.memfd_abi!r} files retrieved"))
     else:
-        rows.append(LayerVerdict("memfd", old.memfd_abi, new.memfd_abi, "lost",
-                                 f"no handler for {old.memfd_abi!r}: luo_file_deserialize() "
-                                 "fails, /dev/liveupdate open -> EIO"))
+        rows.append(LayerVerdict("memfd", old.memfd_abi, new.memfd_abi, "refused",
+                                 f"no handler for {old.memfd_abi!r}: session deserialization "
+                                 "fails, RETRIEVE_SESSION -> EIO"))
     retrieve_failure = new.policies.get("pci.retrieve_failure", "panic")
     for layer in ("pci", "vfio", "iommu", "iommufd"):
         rows.append(_device_layer(layer, old, new, layer in uses, retrieve_failure))
@@ -205,7 +206,9 @@ def preflight(old: Profile, new: Profile, uses: frozenset[str] = frozenset(LAYER
 def _overall(rows: list[LayerVerdict], uses: frozenset[str],
              handed_over: bool) -> tuple[str, str]:
     by = {r.layer: r for r in rows}
-    refused = [r for r in rows if r.status == "refused" and r.layer in uses]
+    # before kexec: the old kernel cannot preserve (memfd refuses later, at retrieve)
+    refused = [r for r in rows if r.status == "refused" and r.layer in uses
+               and r.layer != "memfd"]
     if refused:
         # the agent preserves iommufd before the vfio cdevs: name the first that fails
         order = ("memfd", "iommufd", "vfio", "iommu", "pci")
@@ -220,6 +223,8 @@ def _overall(rows: list[LayerVerdict], uses: frozenset[str],
     panics = [r for r in rows if r.status == "panic" and r.layer in uses]
     if panics:
         return "panic", f"{panics[0].layer}: {panics[0].detail}"
+    if by["memfd"].status == "refused":
+        return "refused", f"memfd: {by['memfd'].detail}"
     lost = [r for r in rows if r.status == "lost" and r.layer in uses]
     if lost:
         return "unsafe", "; ".join(f"{r.layer}: {r.detail}" for r in lost)
