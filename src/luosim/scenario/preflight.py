@@ -196,7 +196,7 @@ def preflight(old: Profile, new: Profile, uses: frozenset[str] = frozenset(LAYER
     if not handed_over:
         # nothing past the KHO root is read: say so, and what would happen otherwise
         rows = [r if r.layer in ("kho", "luo", "kexec-metadata", "memblock")
-                or r.status in ("refused", "unused")
+                or r.status == "unused" or (r.status == "refused" and r.layer != "memfd")
                 else LayerVerdict(r.layer, r.old, r.new, "lost",
                                   f"not reached (no KHO hand-over); otherwise: {r.detail}")
                 for r in rows]
