@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from luosim.cli_profiles import register as _register_profiles
 from luosim.faults import Fault
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -190,7 +191,8 @@ def inspect(file: Annotated[Path, typer.Argument(
                 "--as", help="auto | kho-fdt | luo-fdt | luo-ser | pci-v6 | pci-v7 | pci-v9 | "
                              "memfd | kho-data | iommu-{flb,flb-v1,domain,domain-pran,device,"
                              "device-pran,device-generic,hw,hw-generic} | vfio-pci-v1 | "
-                             "vfio-pci-v1-iommu | vfio-pci-v2")] = "auto",
+                             "vfio-pci-v1-iommu | vfio-pci-v2 | kexec-metadata | "
+                             "memblock")] = "auto",
             as_json: JsonOpt = False) -> None:
     """Decode a hand-over blob (FDT or packed struct), or a whole dump folder as a tree."""
     from luosim.inspect.decode import InspectError, decode_blob
@@ -302,6 +304,7 @@ def _mount_explorer() -> None:
 
 
 _mount_explorer()
+_register_profiles(app)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ def preserved_bytes_intact(ctx: CheckContext) -> str | None:
 # owners whose preserved memory stays claimed by design: the incoming KHO root
 # FDT (kept for debugfs kho/in) always; the rest only while a session that
 # holds such an object is deliberately left unfinished (IOMMU phase 1)
-ALWAYS_PENDING = ("kho",)
+ALWAYS_PENDING = ("kho", "mm.memblock")  # + the memblock FDT, left reserved by design
 PENDING_BY_KIND = {
     "iommufd": ("iommu", "liveupdate"),
     "vfio": ("vfio", "pci", "liveupdate"),

@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.tree import Tree
 
 from luosim.abi import iommu as iommu_abi
+from luosim.abi import kexec_metadata as kexec_metadata_abi
 from luosim.abi import kho as kho_abi
 from luosim.abi import luo as luo_abi
+from luosim.abi import memblock as memblock_abi
 from luosim.abi import memfd as memfd_abi
 from luosim.abi import pci as pci_abi
 from luosim.abi import vfio as vfio_abi
@@ -40,7 +42,7 @@ RECORDS: dict[str, Any] = {
     "vfio-pci-v2": vfio_abi.VfioPciCoreDeviceSerV2,      # anolis 5a52741a, 11 B
 }
 KINDS = ("auto", "kho-fdt", "luo-fdt", "luo-ser", "pci-v6", "pci-v7", "pci-v9", "memfd",
-         "kho-data", *RECORDS)
+         "kho-data", "kexec-metadata", "memblock", *RECORDS)
 
 
 class InspectError(Exception):
@@ -80,9 +82,24 @@ def _fdt_compatible(data: bytes) -> str:
 
 def _kho_fdt(data: bytes) -> dict[str, Any]:
     root = kho_abi.decode_root_fdt(data)
-    return {"kind": "kho-fdt", "compatible": root.compatible,
-            "preserved-memory-map": hex(root.mem_map_pa),
-            "subtrees": {k: hex(v) for k, v in root.subtrees.items()}}
+    out: dict[str, Any] = {"kind": "kho-fdt", "compatible": root.compatible,
+                           "preserved-memory-map": hex(root.mem_map_pa),
+                           "subtrees": {k: hex(v) for k, v in root.subtrees.items()}}
+    if root.compatible in kho_abi.KHO_BLOB_SIZE_VERSIONS:  # kho-v3+: -1 = missing
+        out["blob-size"] = dict(root.sizes)
+    return out
+
+
+def _kexec_metadata(data: bytes) -> dict[str, Any]:
+    meta = kexec_metadata_abi.read_incoming(data, len(data))
+    return {"kind": "kexec-metadata", **_fields(meta)}
+
+
+def _memblock(data: bytes) -> dict[str, Any]:
+    regions = memblock_abi.decode_memblock_fdt(data)
+    return {"kind": "memblock", "compatible": memblock_abi.MEMBLOCK_KHO_NODE_COMPATIBLE,
+            "reserve_mem": {n: {"start": hex(r.start), "size": r.size}
+                            for n, r in regions.items()}}
 
 
 def _luo_fdt(data: bytes) -> dict[str, Any]:
@@ -140,6 +157,7 @@ DECODERS: dict[str, Callable[[bytes], dict[str, Any]]] = {
     "kho-fdt": _kho_fdt, "luo-fdt": _luo_fdt, "luo-ser": _luo_ser, "pci-v6": _pci("pci-v6"),
     "pci-v7": _pci("pci-v7"), "pci-v9": _pci("pci-v9"), "memfd": _memfd, "kho-data": _kho_data,
     **{k: _record(k) for k in RECORDS},
+    "kexec-metadata": _kexec_metadata, "memblock": _memblock,
 }
 
 
@@ -151,11 +169,15 @@ def detect(data: bytes) -> str:
             return "kho-fdt"
         if compat.startswith("luo-"):
             return "luo-fdt"
+        if compat.startswith("memblock-"):
+            return "memblock"
         raise InspectError("unknown-fdt", f"FDT with unknown root compatible {compat!r}")
     if data[:3] == b"luo":
         return "luo-ser"
     if len(data) == kho_abi.KhoData.SIZE:
         return "kho-data"
+    if len(data) == kexec_metadata_abi.SIZE:  # the kexec-metadata blob (debugfs sub_fdts)
+        return "kexec-metadata"
     raise InspectError("unknown", "not an FDT, LUO struct or kho_data: pass --as KIND "
                                   f"({', '.join(KINDS[1:])})")
 

@@ -70,7 +70,8 @@ def dump_handover(mem: PhysicalMemory, kho_data: bytes, out: Path) -> list[str]:
                 lines.append(f"kho/out/sub_fdts/{name}: no 8-byte preserved-data")
                 continue
             if name != "LUO":
-                write(f"kho/out/sub_fdts/{name}", mem.read(pa, PAGE_SIZE))
+                size = root.sizes.get(name, -1)  # kho-v3+ blob-size, as debugfs shows it
+                write(f"kho/out/sub_fdts/{name}", mem.read(pa, size if size > 0 else PAGE_SIZE))
                 continue
             head = mem.read(pa, 8)
             if head[:4] == b"\xd0\x0d\xfe\xed":

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from luosim.errors import DeadKernelError, KernelPanic
 from luosim.kernel.kho import Kho
+from luosim.kernel.mm.memblock import ReserveMemRegions
 from luosim.kernel.mm.page_alloc import PageAllocator
 from luosim.kernel.profiles import Profile, get_profile
 
@@ -132,6 +133,9 @@ class Kernel:
         self.hugetlb = HugetlbSubsystem(self)  # pools after KHO memory init (series patch 2)
         self.hugetlb.init()
         self._boot_devices()
+        self.kho.init()  # fs_initcall kho_init(): kexec-metadata
+        self.reserve_mem = ReserveMemRegions(self)
+        self.reserve_mem.init()  # reserve_mem= regions, revived from KHO (memblock-v1)
         # late
         self.memfd = MemfdSubsystem(self)
         self.memfd.late_init()
@@ -157,7 +161,8 @@ class Kernel:
         # subsys: PCI enumeration with the live-update hooks
         self.pci = PciSubsystem(self)
         self.pci_lu = PciLiveupdate(self)
-        self.pci.hooks = self.pci_lu
+        if self.profile.layer("pci") is not None:  # a build without the PCI series has no hooks
+            self.pci.hooks = self.pci_lu
         self.pci.enumerate()
         self.machine.stage("pci-enumerated")
         # IOMMU driver init and device probe (adopts preserved tables first)
@@ -166,9 +171,11 @@ class Kernel:
         self.machine.stage("iommu-ready")
         # device: vfio-pci and iommufd register their file handlers and FLBs
         self.iommufd_mod = Iommufd(self)
-        self.iommufd_mod.init()
+        if self.profile.layer("iommufd") is not None:
+            self.iommufd_mod.init()
         self.vfio = VfioPci(self)
-        self.vfio.init()
+        if self.profile.layer("vfio") is not None:
+            self.vfio.init()
 
     def kexec(self, profile: str = "v6", cmdline: str = "",
               policy: Mapping[str, str] | None = None,

@@ -7,6 +7,8 @@ live updates, each hop's ``after`` command line from the scenario's first
 Answers "can kernel X live-update to kernel Y, and what happens if not"
 (DESIGN.md "Kernel profiles": incompatible pairs must end as the spec says,
 ENOENT -> nothing preserved, or a panic, never a silent mis-decode).
+Each row also carries ``preflight``: the outcome :mod:`luosim.scenario.preflight`
+predicts for the pair without running (tests/profiles check they agree).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from luosim.kernel.profiles import PROFILES
+from luosim.kernel.profiles import PROFILES, get_profile
+from luosim.scenario.preflight import preflight, uses_of
 from luosim.scenario.runner import run
 from luosim.scenario.schema import KernelSpec, KernelsSpec, Scenario
 
@@ -35,13 +38,17 @@ def run_matrix(scenario: Scenario, policy: Mapping[str, str] | None = None
     rows: list[dict[str, str]] = []
     before = scenario.kernels.before
     after = scenario.kernels.after[0]
+    uses = uses_of(scenario)
+    merged = {**scenario.policy, **(policy or {})}
     for old in PROFILES:
         for new in PROFILES:
             kernels = KernelsSpec(before=KernelSpec(profile=old, cmdline=before.cmdline),
                                   after=[KernelSpec(profile=new, cmdline=after.cmdline)])
             sc = scenario.model_copy(update={"kernels": kernels})
             result = run(sc, policy=policy)
-            rows.append({"from": old, "to": new, "outcome": result.outcome, "why": why(result)})
+            predicted = preflight(get_profile(old), get_profile(new), uses, merged).outcome
+            rows.append({"from": old, "to": new, "outcome": result.outcome, "why": why(result),
+                         "preflight": predicted})
     return rows
 
 

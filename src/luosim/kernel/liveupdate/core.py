@@ -214,7 +214,9 @@ class LuoCore:
             self.liveupdate_number_out = self.liveupdate_number_in + 1
             k.machine.memory.write(self.out_flb_pa, encode_flb_block([]))
             self._write_blob(0)
-            kho.add_subtree(LUO_KHO_ENTRY_NAME, self.out_blob_pa)
+            # luo-v5: kho_add_subtree(..., luo_ser, sizeof(*luo_ser)); luo-v1: the FDT's size
+            kho.add_subtree(LUO_KHO_ENTRY_NAME, self.out_blob_pa,
+                            LuoSer.SIZE if self.v5 else None)
         except KernelError as exc:
             for pa in reversed(allocated):
                 kho.unpreserve_free(pa)

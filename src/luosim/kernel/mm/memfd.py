@@ -10,7 +10,7 @@ memfd of order 9 is 4096 folios).  Byte content goes through
 :meth:`fingerprint`.
 
 :class:`MemfdLuoHandler` is the LUO file handler (spec luo.md §5.3):
-``memfd-v1`` on luo-v1 profiles, ``memfd-v2`` (with seals) on luo-v5.
+``memfd-v1`` or ``memfd-v2`` (with seals), as the profile's memfd layer says.
 Everything it hands over is in physical memory: the ``memfd_luo_ser``
 record (``kho_alloc_preserve``), the folio array (``kho_preserve_vmalloc``)
 and the folios themselves (``kho_preserve_folio``); the next kernel
@@ -485,7 +485,7 @@ class MemfdSubsystem:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.compatible = (MEMFD_LUO_FH_COMPATIBLE_V2 if kernel.profile.luo_abi == "luo-v5"
+        self.compatible = (MEMFD_LUO_FH_COMPATIBLE_V2 if kernel.profile.memfd_abi == "memfd-v2"
                            else MEMFD_LUO_FH_COMPATIBLE_V1)
         self.handler: MemfdLuoHandler | None = None
 
