@@ -1,6 +1,6 @@
 """The kernel model writes each IOMMU / vfio record in the one header version its build uses.
 
-A profile is varied only in the layer under test (FLB compatible, vfio layout);
+A profile is varied only in the layer under test (``Profile.iommu_abi``, ``Profile.vfio_abi``);
 the records are read back from physical memory with the codec of that header
 and checked against the figures of the header (sizes, where the token sits).
 """
@@ -18,13 +18,6 @@ from luosim.kernel.kernel import Kernel
 from tests.vfio_iommu.conftest import DSA0, TOPO, make_vm, pdev
 
 
-@dataclasses.dataclass(frozen=True)
-class _VfioProfile(profiles.Profile):
-    """A profile carrying a vfio layer choice (the handler reads ``vfio_abi``)."""
-
-    vfio_abi: str = "vfio-pci-v1"
-
-
 def _boot(monkeypatch: pytest.MonkeyPatch, prof: profiles.Profile) -> Kernel:
     monkeypatch.setitem(profiles.PROFILES, prof.name, prof)
     return Machine.from_topology(TOPO).boot(prof.name)
@@ -40,7 +33,7 @@ def _preserve(k: Kernel) -> None:
 @pytest.mark.parametrize("compat", ["iommu-liveupdate-v1", "iommu-liveupdate"])
 def test_iommu_flb_follows_one_header(monkeypatch: pytest.MonkeyPatch, compat: str) -> None:
     base = profiles.PROFILES["v6"]
-    prof = dataclasses.replace(base, name=f"v6-{compat}", iommu_flb_compat=compat)
+    prof = dataclasses.replace(base, name=f"v6-{compat}", iommu_abi=compat)
     k = _boot(monkeypatch, prof)
     _preserve(k)
     abi = iommu.iommu_abi(compat)
@@ -80,9 +73,7 @@ def test_iommu_flb_follows_one_header(monkeypatch: pytest.MonkeyPatch, compat: s
 def test_vfio_record_carries_the_iommufd_token(monkeypatch: pytest.MonkeyPatch, abi: str,
                                               compat: str, size: int) -> None:
     base = profiles.PROFILES["v6"]
-    prof = _VfioProfile(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
-                        vfio_abi=abi)
-    prof = dataclasses.replace(prof, name=f"v6-{abi}")
+    prof = dataclasses.replace(base, name=f"v6-{abi}", vfio_abi=abi)
     k = _boot(monkeypatch, prof)
     assert k.vfio.handler.compatible == compat
     _preserve(k)

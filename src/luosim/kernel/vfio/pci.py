@@ -274,8 +274,8 @@ class VfioPciLuoHandler(FileHandler):
     """
 
     def __init__(self, mod: VfioPci) -> None:
-        # a profile without a vfio layer choice is a v5-era vfio build
-        abi = str(getattr(mod.kernel.profile, "vfio_abi", "vfio-pci-v1"))
+        # only registered where the build has a vfio layer (Kernel checks layer("vfio"))
+        abi = mod.kernel.profile.vfio_abi or "vfio-pci-v1"
         self.layout = VFIO_LAYOUTS[abi]
         super().__init__(self.layout.COMPATIBLE)
         self.mod = mod
