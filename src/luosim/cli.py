@@ -241,15 +241,22 @@ def matrix(file: Annotated[Path | None, typer.Argument(
            policy: PolicyOpt = None, as_json: JsonOpt = False, fmt: FormatOpt = "rich",
            hops: Annotated[int, typer.Option(
                "--hops", min=1, max=4,
-               help="Consecutive updates per path (2: every A -> B -> C).")] = 1) -> None:
+               help="Consecutive updates per path (2: every A -> B -> C).")] = 1,
+           profile: Annotated[list[str] | None, typer.Option(
+               "--profile", help="Restrict to these kernel profiles (repeatable; "
+                                 "default: all).")] = None) -> None:
     """Run the update for every (old profile, new profile) pair and tabulate outcomes.
 
     Exits 1 when a pair ends unsafe or in a panic."""
-    from luosim.scenario.matrix import run_paths
+    from luosim.scenario.matrix import run_paths, select_profiles
     pol = parse_policy(policy)
     fmt = _format(fmt, as_json)
+    try:
+        names = select_profiles(profile)
+    except ValueError as e:
+        fail(f"--profile: {e}")
     scenario = _reference_scenario() if file is None else _load(file)
-    rows = run_paths(scenario, hops, pol)
+    rows = run_paths(scenario, hops, pol, names)
     if fmt == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     elif fmt == "ktap":

@@ -4,9 +4,13 @@ phase-1 kernels (v7) still refuse the second update."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from luosim.hw.dma import OUTCOME_TRANSLATED, DmaController
+from luosim.kernel.profiles import PROFILES
 from luosim.scenario.runner import Run
 from luosim.scenario.schema import KernelSpec, load_scenario
 
@@ -55,16 +59,27 @@ def test_phase1_kernels_refuse_the_second_update() -> None:
     assert [e for e in result.events if e["kind"] == "leave-unfinished"]
 
 
-def test_multi_hop_mixed_profiles_v9_v9_then_v7_downgrade_is_refused_or_ok() -> None:
-    """v9 -> v9 -> v9 ends ok; the hop back to v7 crosses the LUO ABI (luo-v5 ->
-    luo-v1), which the new kernel cannot read: a panic, never a silent decode."""
+def test_multi_hop_mixed_profiles_v9_v9_then_v7_downgrade_fails_loudly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """v9 -> v9 -> v9 ends ok. The hop back to v7 crosses the KHO root ABI first
+    (kho-v3 -> kho-v2): v7's kho_populate() refuses the root and boots cold, so the
+    update is unsafe (liveupdate number back to 0). On a test-only v7 build that
+    reads kho-v3 the hop reaches the LUO ABI (luo-v5 -> luo-v1): a panic, never a
+    silent decode."""
     sc = load_scenario(EXAMPLE)
     ok = sc.kernels.model_copy(update={"after": [KernelSpec(profile="v9")] * 2})
     assert Run(sc.model_copy(update={"kernels": ok}), (), None, None).execute().outcome == "ok"
     down = sc.kernels.model_copy(update={"after": [KernelSpec(profile="v9"),
                                                    KernelSpec(profile="v7")]})
     result = Run(sc.model_copy(update={"kernels": down}), (), None, None).execute()
-    assert result.outcome == "panic", result.error
+    assert result.outcome == "unsafe", result.error or result.panic
+    assert any(i.id == "LUO-2" and "-> 0" in i.detail for i in result.broken)
+    monkeypatch.setitem(PROFILES, "v7-kho3", replace(PROFILES["v7"], name="v7-kho3",
+                                                     kho_abi="kho-v3"))
+    down = sc.kernels.model_copy(update={"after": [KernelSpec(profile="v9"),
+                                                   KernelSpec(profile="v7-kho3")]})
+    result = Run(sc.model_copy(update={"kernels": down}), (), None, None).execute()
+    assert result.outcome == "panic", result.error or result.broken
 
 
 def test_matrix_covers_multi_hop_paths() -> None:
@@ -74,8 +89,9 @@ def test_matrix_covers_multi_hop_paths() -> None:
 
     from luosim.cli import app
     small = EXAMPLE.parent / "small-host.yaml"
-    res = CliRunner().invoke(app, ["matrix", str(small), "--hops", "2", "--json"])
-    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["matrix", str(small), "--hops", "2", "--json",
+                                   "--profile", "v6", "--profile", "v7", "--profile", "v9"])
+    assert res.exit_code == 1, res.output  # some paths end unsafe
     rows = json.loads(res.output)
     assert len(rows) == 27  # every A -> B -> C over v6, v7, v9
     by_path = {(r["from"], r["via"], r["to"]): r for r in rows}
@@ -83,7 +99,22 @@ def test_matrix_covers_multi_hop_paths() -> None:
     # phase 1 cannot finish the iommufd session, so the second update is refused
     assert by_path[("v7", "v7", "v7")]["outcome"] == "refused"
     assert "carry forward" in by_path[("v7", "v7", "v7")]["why"]
-    assert by_path[("v9", "v7", "v7")]["outcome"] == "panic"  # luo-v5 -> luo-v1
+    # kho-v3 -> kho-v2: v7 refuses v9's KHO root and boots cold (prof10)
+    assert by_path[("v9", "v7", "v7")]["outcome"] == "unsafe"
+    assert "LUO-2" in by_path[("v9", "v7", "v7")]["why"]
+
+
+def test_matrix_profile_subset_and_unknown_profile() -> None:
+    from typer.testing import CliRunner
+
+    from luosim.cli import app
+    small = EXAMPLE.parent / "small-host.yaml"
+    res = CliRunner().invoke(app, ["matrix", str(small), "--format", "json",
+                                   "--profile", "v9"])
+    assert res.exit_code == 0, res.output
+    assert '"from": "v9"' in res.output and '"from": "v6"' not in res.output
+    res = CliRunner().invoke(app, ["matrix", str(small), "--profile", "v99"])
+    assert res.exit_code == 2 and "v99" in res.output and "Traceback" not in res.output
 
 
 def test_scenario_kernel_config_without_iommu_liveupdate(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ predicts for the pair without running (tests/profiles check they agree).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from luosim.kernel.profiles import PROFILES, get_profile
@@ -33,15 +33,26 @@ def why(result: Any) -> str:
     return "update completed, invariants hold"
 
 
-def run_matrix(scenario: Scenario, policy: Mapping[str, str] | None = None
-               ) -> list[dict[str, str]]:
+def select_profiles(names: Sequence[str] | None = None) -> list[str]:
+    """The profiles a matrix runs over: ``names`` in the given order (each checked,
+    duplicates dropped), or every known profile."""
+    if not names:
+        return list(PROFILES)
+    for name in names:
+        get_profile(name)  # ValueError naming the unknown profile
+    return list(dict.fromkeys(names))
+
+
+def run_matrix(scenario: Scenario, policy: Mapping[str, str] | None = None,
+               profiles: Sequence[str] | None = None) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
+    names = select_profiles(profiles)
     before = scenario.kernels.before
     after = scenario.kernels.after[0]
     uses = uses_of(scenario)
     merged = {**scenario.policy, **(policy or {})}
-    for old in PROFILES:
-        for new in PROFILES:
+    for old in names:
+        for new in names:
             kernels = KernelsSpec(before=KernelSpec(profile=old, cmdline=before.cmdline),
                                   after=[KernelSpec(profile=new, cmdline=after.cmdline)])
             sc = scenario.model_copy(update={"kernels": kernels})
@@ -52,18 +63,21 @@ def run_matrix(scenario: Scenario, policy: Mapping[str, str] | None = None
     return rows
 
 
-def run_paths(scenario: Scenario, hops: int, policy: Mapping[str, str] | None = None
-              ) -> list[dict[str, str]]:
+def run_paths(scenario: Scenario, hops: int, policy: Mapping[str, str] | None = None,
+              profiles: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Every profile path of ``hops`` consecutive updates: one row per path with
-    ``from``, ``via`` (the kernels in between, "A -> B"), ``to``, outcome, why."""
+    ``from``, ``via`` (the kernels in between, "A -> B"), ``to``, outcome, why.
+
+    ``profiles`` restricts the paths to those builds (len(profiles) ** (hops + 1) runs)."""
     if hops < 1:
         raise ValueError(f"hops must be at least 1, not {hops}")
     if hops == 1:
-        return run_matrix(scenario, policy)
+        return run_matrix(scenario, policy, profiles)
     before = scenario.kernels.before
     after = scenario.kernels.after[0]
     rows: list[dict[str, str]] = []
-    for path in itertools.product(PROFILES, repeat=hops + 1):
+    names = select_profiles(profiles)
+    for path in itertools.product(names, repeat=hops + 1):
         kernels = KernelsSpec(
             before=KernelSpec(profile=path[0], cmdline=before.cmdline),
             after=[KernelSpec(profile=p, cmdline=after.cmdline) for p in path[1:]])
