@@ -69,7 +69,7 @@ def test_matrix_report_in_chromium(tmp_path: Path) -> None:
     rows = json.loads(res.output)
     page = load(_report(tmp_path, rows, "matrix"))
     assert page.console == []
-    cells = re.findall(r'<td class="o-(\w+)" data-pair="(\w+) → (\w+)"', page.dom)
+    cells = re.findall(r'<td class="o-(\w+)" data-pair="([\w.-]+) → ([\w.-]+)"', page.dom)
     assert sorted((f, t, o) for o, f, t in cells) == sorted(
         (r["from"], r["to"], r["outcome"]) for r in rows)
 

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from luosim.cli import app
+from luosim.kernel.profiles import PROFILES
 from luosim.report.ktap import ktap
 
 runner = CliRunner()
@@ -43,14 +44,18 @@ def test_ktap_writer() -> None:
 
 def test_matrix_ktap_and_exit_code() -> None:
     res = runner.invoke(app, ["matrix", str(EX / "small-host.yaml"), "--format", "ktap"])
-    assert res.exit_code == 1  # v6->v7 is unsafe, v7->v9 panics
+    assert res.exit_code == 1  # v6->v7 and v7->v9 are unsafe
     results = parse_ktap(res.output)
-    assert len(results) == 9
+    assert len(results) == len(PROFILES) ** 2
     by_name = {name: (ok, reason) for ok, _n, name, reason in results}
     assert by_name["v7 to v7"] == (True, None)
+    # kho-v2 -> kho-v3: v9 refuses v7's KHO root and boots cold (prof10)
     ok, reason = by_name["v7 to v9"]
-    assert not ok and reason is not None and reason.startswith("panic: ")
+    assert not ok and reason is not None and reason.startswith("unsafe: LUO-2")
     assert by_name["v6 to v7"][1].startswith("unsafe: PCI-1")  # type: ignore[union-attr]
+    # no iommufd live update in a mainline build: the VMM's preserve is refused
+    ok, reason = by_name["mainline-7.3 to mainline-7.3"]
+    assert not ok and reason is not None and reason.startswith("refused: preserve: ENOENT")
 
 
 def test_matrix_exit_0_unless_unsafe_or_panic(monkeypatch: pytest.MonkeyPatch) -> None:
