@@ -24,9 +24,9 @@ LIVEUPDATE_SESSION_NAME_LENGTH = 64
 
 
 def _luo_pages(k: Kernel) -> set[tuple[int, int]]:
-    """KHO blocks LUO itself keeps preserved while idle."""
+    """KHO blocks LUO (and KHO for its kexec-metadata blob) keep preserved while idle."""
     lu = k.liveupdate
-    pages = {(lu.out_blob_pa >> 12, 0), (lu.out_flb_pa >> 12, 0)}
+    pages = {(lu.out_blob_pa >> 12, 0), (lu.out_flb_pa >> 12, 0), *k.kho.own_blocks()}
     if lu.sessions.block_pa:
         pages.add((lu.sessions.block_pa >> 12, 4))
     return pages
