@@ -73,6 +73,14 @@ def test_every_dumped_file_is_decoded(dump: tuple[str, Path]) -> None:
     assert by_path["luo/flb/iommu-liveupdate"]["fields"]["iommu_flb_ser"]["version"] == 1
     luo = by_path["kho/out/sub_fdts/LUO"]
     assert luo["abi"] == ("luo-v5" if profile == "v9" else "luo-v1")
+    assert by_path["kho/out/fdt"]["abi"] == ("kho-v3" if profile == "v9" else "kho-v2")
+    if profile == "v9":  # kho-v3 + kexec-metadata (prof10), the first kexec of the run
+        meta = by_path["kho/out/sub_fdts/kexec-metadata"]
+        assert meta["fields"]["kexec_count"] == 1 and not meta["findings"]
+    # the IOMMU records are read with the layout the FLB compatible names (22fa8f30:
+    # 72-byte device with the iommufd's LUO token as dma_owner_token)
+    (dev0, *_rest) = by_path["luo/flb/iommu-liveupdate.d/devices"]["fields"]["objects"]
+    assert "dma_owner_token" in dev0
     # the memory map summary covers the preserved blocks
     mm = by_path["kho/out/mem_map"]["fields"]
     assert mm["blocks"] == sum(mm["blocks_per_order"].values()) > 0
@@ -112,6 +120,8 @@ def test_each_dumped_file_auto_detected_alone(dump: tuple[str, Path]) -> None:
             assert doc["path"] == ("kho/out/mem_map" if rel.startswith("kho/out/mem_map/")
                                    else rel)
             assert not [x for x in doc["findings"] if "cannot decode" in x]
+        elif rel == "kho/out/sub_fdts/kexec-metadata":  # v9 (prof10): known by its size
+            assert doc["kind"] == "kexec-metadata" and doc["kexec_count"] == 1
         else:
             assert rel in ("kho_data", "kho/out/fdt", "kho/out/sub_fdts/LUO")
 

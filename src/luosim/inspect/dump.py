@@ -14,7 +14,7 @@ from pathlib import Path
 
 from luosim.abi.block import KHO_BLOCK_SIZE, walk_chain
 from luosim.abi.errors import DecodeError
-from luosim.abi.iommu import IOMMU_LUO_FLB_COMPATIBLE, IommuFlbSer
+from luosim.abi.iommu import IOMMU_ABIS
 from luosim.abi.kho import KhoData, decode_root_fdt, walk_radix_tree
 from luosim.abi.luo import (
     LUO_FILE_ARRAY_SIZE,
@@ -150,8 +150,8 @@ def _flb_pages(mem: PhysicalMemory, name: str, data: bytes,
         heads = [("devices", PciSerV7.decode(data).devices)]
     elif name == "pci":
         heads = [("devices", PciSerV9.decode(data).devices)]
-    elif name == IOMMU_LUO_FLB_COMPATIBLE:
-        ser = IommuFlbSer.decode(data)
+    elif name in IOMMU_ABIS:  # each iommu.h version has the three array heads
+        ser = IOMMU_ABIS[name].flb.decode(data)
         heads = [("iommus", ser.iommu_array_phys), ("domains", ser.iommu_domain_array_phys),
                  ("devices", ser.device_array_phys)]
     for part, pa in heads:

@@ -10,15 +10,17 @@ Paths and what they hold (see dump.py):
 
 ==============================  =============================================
 ``kho_data``                    x86 ``struct kho_data`` (setup_data)
-``kho/out/fdt``                 KHO root FDT (``kho-v2``)
+``kho/out/fdt``                 KHO root FDT (``kho-v2``/``kho-v3``/``kho-v4``)
 ``kho/out/scratch``             ``struct kho_scratch[]``
 ``kho/out/sub_fdts/LUO``        LUO FDT (``luo-v1``) or ``struct luo_ser`` (``luo-v5``)
+``kho/out/sub_fdts/kexec-metadata``  ``struct kho_kexec_metadata`` (kho-v3+ builds)
+``kho/out/sub_fdts/memblock``   memblock FDT (``memblock-v1``, with ``reserve_mem=``)
 ``luo/sessions``                session block (v1) / first session KHO block (v5)
 ``luo/session/S/files``         session S's file array / first file block
 ``luo/session/S/TOKEN.COMPAT``  first page of a file's serialized data
 ``luo/flb-block``               ``luo_flb_header_ser`` + ``luo_flb_ser[]``
 ``luo/flb/NAME``                the FLB's data page (``pci-v*``, ``pci``,
-                                ``iommu-liveupdate``)
+                                ``iommu-liveupdate``, ``iommu-liveupdate-v1``)
 ``luo/flb/NAME.d/PART``         the first page an FLB points at
 ==============================  =============================================
 """
@@ -32,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from luosim.abi import iommu as iommu_abi
+from luosim.abi import kexec_metadata as kexec_metadata_abi
 from luosim.abi import kho as kho_abi
 from luosim.abi import luo as luo_abi
+from luosim.abi import memblock as memblock_abi
 from luosim.abi import memfd as memfd_abi
 from luosim.abi import pci as pci_abi
 from luosim.abi import vfio as vfio_abi
@@ -123,7 +127,7 @@ def _guard(node: Node, fn: Callable[[], None]) -> Node:
 
 
 def _kho(d: _Dump) -> Node:
-    top = Node("kho", "KHO hand-over", "kho-v2")
+    top = Node("kho", "KHO hand-over")
     raw = d.get("kho_data")
     kd: kho_abi.KhoData | None = None
     if raw is not None:
@@ -143,10 +147,15 @@ def _kho(d: _Dump) -> Node:
 
         def root() -> None:
             r = kho_abi.decode_root_fdt(fdt)
-            n.abi = r.compatible
+            n.abi = top.abi = r.compatible
             n.fields = {"compatible": r.compatible,
                         "preserved-memory-map": hex(r.mem_map_pa),
                         "subtrees": {k: hex(v) for k, v in r.subtrees.items()}}
+            if r.sizes:  # kho-v3+: blob-size per subtree
+                n.fields["blob-sizes"] = dict(r.sizes)
+            for name in r.subtrees:
+                if name != "LUO":
+                    n.children.append(_subtree(d, name, r.sizes.get(name)))
             for name, pa in r.subtrees.items():
                 if pa < 0:
                     n.findings.append(f"sub-tree {name}: no 8-byte preserved-data property")
@@ -170,6 +179,34 @@ def _kho(d: _Dump) -> Node:
                 n.findings.append("no scratch area: the next kernel has nowhere to boot")
         top.children.append(_guard(n, areas))
     return top
+
+
+def _subtree(d: _Dump, name: str, size: int | None) -> Node:
+    """A KHO subtree other than LUO's: kexec-metadata (``kho_in_kexec_metadata()``'s
+    checks) or memblock's reserve_mem FDT."""
+    rel = f"kho/out/sub_fdts/{name}"
+    n = Node(rel, f"KHO subtree {name!r}")
+    raw = d.get(rel)
+    if raw is None:
+        return n  # the root node already reports it as not dumped
+
+    def decode() -> None:
+        if name == kexec_metadata_abi.KHO_METADATA_NODE_NAME:
+            n.kind, n.abi = "struct kho_kexec_metadata", f"v{int.from_bytes(raw[:4], 'little')}"
+            if size is None:
+                n.findings.append("no blob-size (kho-v2 root): a kernel that reads "
+                                  "kexec-metadata never finds it")
+            meta = kexec_metadata_abi.read_incoming(raw, len(raw) if size is None else size)
+            n.fields = hexify("", meta)
+        elif raw[:4] == FDT_MAGIC and name == "memblock":
+            n.kind, n.abi = "memblock FDT", memblock_abi.MEMBLOCK_KHO_NODE_COMPATIBLE
+            regions = memblock_abi.decode_memblock_fdt(raw)
+            n.fields = {"reserve_mem": {k: {"start": hex(r.start), "size": hex(r.size)}
+                                        for k, r in regions.items()}}
+        else:
+            n.fields["head"] = raw[:32].hex()
+            n.findings.append(f"no luosim decoder for KHO subtree {name!r}")
+    return _guard(n, decode)
 
 
 def _mem_map(d: _Dump, fdt: bytes) -> Node:
@@ -303,8 +340,13 @@ def _file(d: _Dump, base: str, f: luo_abi.LuoFileSer) -> Node:
             node.fields["memfd_luo_ser"] = hexify("", memfd_abi.MemfdLuoSerV2.decode(raw))
         elif f.compatible == memfd_abi.MEMFD_LUO_FH_COMPATIBLE_V1:
             node.fields["memfd_luo_ser"] = hexify("", memfd_abi.MemfdLuoSerV1.decode(raw))
-        elif f.compatible == vfio_abi.VFIO_PCI_LUO_FH_COMPATIBLE:
-            ser = vfio_abi.VfioPciCoreDeviceSer.decode(raw)
+        elif f.compatible in (vfio_abi.VFIO_PCI_LUO_FH_COMPATIBLE,
+                              vfio_abi.VFIO_PCI_LUO_FH_COMPATIBLE_V2):
+            # vfio-pci-v1 also names d835969e's 9-byte record ({u16 bdf, u16 domain, ...});
+            # a dumped page cannot tell them apart, so it is read as the v5 record
+            ser: Any = (vfio_abi.VfioPciCoreDeviceSerV2.decode(raw)
+                        if f.compatible == vfio_abi.VFIO_PCI_LUO_FH_COMPATIBLE_V2
+                        else vfio_abi.VfioPciCoreDeviceSer.decode(raw))
             node.fields["vfio_pci_core_device_ser"] = {
                 "domain": ser.domain, "bdf": hex(ser.bdf),
                 "device": pci_abi.fmt_bdf(ser.domain, ser.bdf)}
@@ -363,18 +405,17 @@ def _flb(d: _Dump, r: luo_abi.LuoFlbSer) -> Node:
                                       "devices": [_dev(x) for x in used]}
             if len(used) != v6.nr_devices:
                 node.findings.append(f"nr_devices {v6.nr_devices} but {len(used)} slots in use")
-        elif r.name == iommu_abi.IOMMU_LUO_FLB_COMPATIBLE:
-            ser = iommu_abi.IommuFlbSer.decode(raw)
+        elif r.name in iommu_abi.IOMMU_ABIS:
+            # the FLB compatible picks the iommu.h version (and so every record size)
+            abi = iommu_abi.iommu_abi(r.name)
+            ser = abi.flb.decode(raw)
             node.fields["iommu_flb_ser"] = hexify("", ser)
-            if ser.version != iommu_abi.IOMMU_LUO_FLB_VERSION:
-                node.findings.append(f"version {ser.version}, this ABI is "
-                                     f"{iommu_abi.IOMMU_LUO_FLB_VERSION}")
-            for part, cls2 in (("iommus", iommu_abi.IommuHwSer),
-                               ("domains", iommu_abi.IommuDomainSer),
-                               ("devices", iommu_abi.IommuDeviceSer)):
-                node.children.append(_iommu_array(d, f"{rel}.d/{part}", cls2))
-        elif r.name == iommu_abi.IOMMU_LUO_FLB_COMPATIBLE_LU_V1:
-            node.fields["iommu_flb_ser"] = hexify("", iommu_abi.IommuFlbSerV1.decode(raw))
+            node.fields["layout"] = abi.source
+            if abi.version is not None and ser.version != abi.version:
+                node.findings.append(f"version {ser.version}, this ABI is {abi.version}")
+            for part, cls2 in (("iommus", abi.hw), ("domains", abi.domain),
+                               ("devices", abi.device)):
+                node.children.append(_iommu_array(d, f"{rel}.d/{part}", cls2, r.name))
         else:
             node.fields["head"] = raw[:32].hex()
             node.findings.append(f"no luosim decoder for FLB {r.name!r}")
@@ -402,8 +443,8 @@ def _pci_devices(d: _Dump, rel: str, nr: int) -> Node:
     return _guard(node, decode)
 
 
-def _iommu_array(d: _Dump, rel: str, cls: Any) -> Node:
-    node = Node(rel, f"{cls.__name__} array page", "iommu-liveupdate")
+def _iommu_array(d: _Dump, rel: str, cls: Any, compatible: str) -> Node:
+    node = Node(rel, f"{cls.__name__} array page", compatible)
     raw = d.get(rel)
     if raw is None:
         return node
