@@ -411,8 +411,9 @@ def _flb(d: _Dump, r: luo_abi.LuoFlbSer) -> Node:
             ser = abi.flb.decode(raw)
             node.fields["iommu_flb_ser"] = hexify("", ser)
             node.fields["layout"] = abi.source
-            if abi.version is not None and ser.version != abi.version:
-                node.findings.append(f"version {ser.version}, this ABI is {abi.version}")
+            version = getattr(ser, "version", None)  # ef754267 has no version word
+            if abi.version is not None and version != abi.version:
+                node.findings.append(f"version {version}, this ABI is {abi.version}")
             for part, cls2 in (("iommus", abi.hw), ("domains", abi.domain),
                                ("devices", abi.device)):
                 node.children.append(_iommu_array(d, f"{rel}.d/{part}", cls2, r.name))
