@@ -15,11 +15,14 @@ those tags; anything never restored is reported as leaked.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import struct
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from luosim.abi.errors import DecodeError
 from luosim.abi.kho import (
@@ -28,13 +31,10 @@ from luosim.abi.kho import (
     MAX_PAGE_ORDER,
     KhoData,
     KhoScratch,
-    bitmap_index,
     decode_root_fdt,
-    encode_key,
     encode_root_fdt,
-    table_index,
-    walk_radix_tree,
 )
+from luosim.abi.kho_radix import keys_of, walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
@@ -74,6 +74,206 @@ def blocks(pfn: int, end_pfn: int) -> Iterator[tuple[int, int]]:
         pfn += 1 << order
 
 
+class PreservedBlocks:
+    """The outgoing radix tree's content: (pfn, order) blocks, with their owner.
+
+    Single blocks in a dict, runs of contiguous blocks of one order (a memfd's
+    folios) as ``[start, count, owner]`` per order, so preserving a TiB of
+    folios costs O(runs).  Iterates, compares and tests membership like the
+    ``set[tuple[int, int]]`` it replaces.
+    """
+
+    def __init__(self) -> None:
+        self._single: dict[tuple[int, int], str] = {}
+        self._starts: dict[int, list[int]] = {}  # order -> sorted run starts
+        self._runs: dict[int, list[list[Any]]] = {}  # order -> [[start, count, owner]]
+        self._len = 0
+
+    def _run_index(self, pfn: int, order: int) -> int | None:
+        starts = self._starts.get(order)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, pfn) - 1
+        if i < 0:
+            return None
+        start, count, _owner = self._runs[order][i]
+        off = pfn - start
+        if off >= count << order or off & ((1 << order) - 1):
+            return None
+        return i
+
+    def __contains__(self, key: object) -> bool:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            return False
+        pfn, order = key
+        return key in self._single or self._run_index(pfn, order) is not None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        yield from self._single
+        for order, runs in self._runs.items():
+            for start, count, _owner in runs:
+                for k in range(count):
+                    yield start + (k << order), order
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PreservedBlocks):
+            other = set(other)
+        if isinstance(other, (set, frozenset)):
+            return len(self) == len(other) and all(key in self for key in other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def add(self, key: tuple[int, int], owner: str = "?") -> None:
+        if key not in self:
+            self._single[key] = owner
+            self._len += 1
+
+    def add_run(self, start: int, order: int, count: int, owner: str) -> None:
+        """``count`` blocks of ``order`` from pfn ``start``, none preserved yet."""
+        if count <= 0:
+            return
+        starts = self._starts.setdefault(order, [])
+        runs = self._runs.setdefault(order, [])
+        i = bisect.bisect_left(starts, start)
+        starts.insert(i, start)
+        runs.insert(i, [start, count, owner])
+        self._len += count
+
+    def discard(self, key: tuple[int, int]) -> None:
+        if self._single.pop(key, None) is not None:
+            self._len -= 1
+            return
+        self.remove_run(key[0], key[1], 1)
+
+    def remove_run(self, start: int, order: int, count: int) -> int:
+        """Remove blocks ``start + k << order`` (k < count) held in runs; return how many."""
+        removed = 0
+        pfn, end = start, start + (count << order)
+        while pfn < end:
+            i = self._run_index(pfn, order)
+            if i is None:
+                if self._single.pop((pfn, order), None) is not None:
+                    self._len -= 1
+                    removed += 1
+                pfn += 1 << order
+                continue
+            rs, rc, owner = self._runs[order][i]
+            k0 = (pfn - rs) >> order
+            k1 = min(rc, k0 + ((end - pfn) >> order))
+            parts = [[rs, k0, owner], [rs + (k1 << order), rc - k1, owner]]
+            parts = [q for q in parts if q[1] > 0]
+            self._starts[order][i:i + 1] = [q[0] for q in parts]
+            self._runs[order][i:i + 1] = parts
+            self._len -= k1 - k0
+            removed += k1 - k0
+            pfn = rs + (k1 << order)
+        return removed
+
+    def owner(self, key: tuple[int, int], default: str = "?") -> str:
+        got = self._single.get(key)
+        if got is not None:
+            return got
+        i = self._run_index(*key)
+        return default if i is None else str(self._runs[key[1]][i][2])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pfn, order) int64 arrays of every block, sorted by (pfn, order)."""
+        pfns: list[np.ndarray] = [np.fromiter((k[0] for k in self._single), dtype=np.int64,
+                                              count=len(self._single))]
+        orders: list[np.ndarray] = [np.fromiter((k[1] for k in self._single), dtype=np.int64,
+                                                count=len(self._single))]
+        for order, runs in self._runs.items():
+            for start, count, _owner in runs:
+                pfns.append(start + (np.arange(count, dtype=np.int64) << order))
+                orders.append(np.full(count, order, dtype=np.int64))
+        pfn = np.concatenate(pfns)
+        order_arr = np.concatenate(orders)
+        idx = np.lexsort((order_arr, pfn))
+        return pfn[idx], order_arr[idx]
+
+
+class Owners:
+    """Read-only view ``(pfn, order) -> module`` of who preserved each block."""
+
+    def __init__(self, blocks: PreservedBlocks) -> None:
+        self._blocks = blocks
+
+    def get(self, key: tuple[int, int], default: str = "?") -> str:
+        return self._blocks.owner(key, default)
+
+    def __getitem__(self, key: tuple[int, int]) -> str:
+        if key not in self._blocks:
+            raise KeyError(key)
+        return self._blocks.owner(key)
+
+    def copy(self) -> Owners:
+        """A snapshot that stays valid after the preserving kernel is gone."""
+        snap = PreservedBlocks()
+        snap._single = dict(self._blocks._single)
+        snap._starts = {o: list(v) for o, v in self._blocks._starts.items()}
+        snap._runs = {o: [list(r) for r in v] for o, v in self._blocks._runs.items()}
+        snap._len = len(self._blocks)
+        return Owners(snap)
+
+
+class IncomingBlocks:
+    """``kho_in``: head pfn -> order of every block with KHO_PAGE_MAGIC set.
+
+    Sorted arrays and a claimed mask; restoring consumes the magic.
+    """
+
+    def __init__(self, pfn: np.ndarray | None = None, order: np.ndarray | None = None) -> None:
+        self.pfn = np.zeros(0, dtype=np.int64) if pfn is None else pfn
+        self.order = np.zeros(0, dtype=np.int64) if order is None else order
+        self.live = np.ones(self.pfn.size, dtype=bool)
+        self._len = int(self.pfn.size)
+
+    def _index(self, pfn: int) -> int | None:
+        i = int(np.searchsorted(self.pfn, pfn))
+        if i < self.pfn.size and int(self.pfn[i]) == pfn and self.live[i]:
+            return i
+        return None
+
+    def get(self, pfn: int) -> int | None:
+        i = self._index(pfn)
+        return None if i is None else int(self.order[i])
+
+    def claim(self, pfn: int) -> None:
+        i = self._index(pfn)
+        if i is not None:
+            self.live[i] = False
+            self._len -= 1
+
+    def lookup(self, pfns: np.ndarray) -> np.ndarray:
+        """Orders of ``pfns`` still carrying a magic, -1 where none."""
+        i = np.searchsorted(self.pfn, pfns)
+        i_c = np.minimum(i, max(self.pfn.size - 1, 0))
+        if not self.pfn.size:
+            return np.full(pfns.size, -1, dtype=np.int64)
+        hit = (i < self.pfn.size) & (self.pfn[i_c] == pfns) & self.live[i_c]
+        return np.where(hit, self.order[i_c], -1)
+
+    def claim_many(self, pfns: np.ndarray) -> None:
+        i = np.searchsorted(self.pfn, pfns)
+        was = int(self.live[i].sum())
+        self.live[i] = False
+        self._len -= was
+
+    def __len__(self) -> int:
+        return self._len
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        idx = np.flatnonzero(self.live)
+        yield from zip(self.pfn[idx].tolist(), self.order[idx].tolist())
+
+    def pages(self) -> int:
+        return int(np.left_shift(np.int64(1), self.order[self.live]).sum())
+
+
 class Kho:
     """One kernel's KHO state (``kho_out`` and ``kho_in``)."""
 
@@ -82,16 +282,16 @@ class Kho:
         self.mem = kernel.machine.memory
         self.enabled = not kernel.cmdline_has("kho=off")
         # outgoing: the radix tree's content, (pfn, order) pairs
-        self.preserved: set[tuple[int, int]] = set()
+        self.preserved = PreservedBlocks()
         # which kernel module preserved each block: an observer's annotation
         # (not part of the hand-over) so checks can tell pending from leaked
-        self.owner: dict[tuple[int, int], str] = {}
+        self.owner = Owners(self.preserved)
         self.subtrees: dict[str, int] = {}  # name -> phys, in insertion order
         self.finalized = False
         # incoming
         self.in_fdt_pa = 0
         self.in_subtrees: dict[str, int] = {}
-        self.in_magic: dict[int, int] = {}  # head pfn -> order (KHO_PAGE_MAGIC set)
+        self.in_magic = IncomingBlocks()  # head pfn -> order (KHO_PAGE_MAGIC set)
         self.in_total_pages = 0
         self.scratch: list[KhoScratch] = list(kernel.machine.scratch)
 
@@ -121,22 +321,29 @@ class Kho:
             k.printk("err", "kho", "failed to get preserved memory map")
             return
         self.scratch = scratch
-        magic: dict[int, int] = {}
-        try:
-            for pa, order in walk_radix_tree(lambda pa: self.mem.read(pa, PAGE_SIZE),
-                                             root.mem_map_pa, self.mem.size):
-                if pa + (PAGE_SIZE << order) > self.mem.size:
-                    raise DecodeError("kho radix tree", 0, "bitmap",
-                                      f"block {pa:#x} order {order} beyond RAM", kind="bad-value")
-                magic[pa >> PAGE_SHIFT] = order
-        except DecodeError as exc:
+        walk = walk_radix_arrays(lambda pa: self.mem.read(pa, PAGE_SIZE), root.mem_map_pa,
+                                 self.mem.size)
+        error = walk.error
+        pa_arr, order_arr = walk.pa, walk.order
+        beyond = np.flatnonzero(pa_arr + (np.uint64(PAGE_SIZE) << order_arr.astype(np.uint64))
+                                > np.uint64(self.mem.size)) if len(walk) else np.zeros(0, int)
+        if beyond.size:  # the first such block stops the walk, before any later error
+            i = int(beyond[0])
+            error = DecodeError("kho radix tree", 0, "bitmap",
+                                f"block {int(pa_arr[i]):#x} order {int(order_arr[i])} beyond RAM",
+                                kind="bad-value")
+        if error is not None:
             # kho_mem_retrieve() failed: kho_in.fdt_phys = 0, nothing is preserved
-            k.printk("err", "kho", f"failed to walk preserved memory map: {exc}")
+            k.printk("err", "kho", f"failed to walk preserved memory map: {error}")
             return
-        for pfn, order in magic.items():
-            alloc.reserve(pfn << PAGE_SHIFT, PAGE_SIZE << order)
+        pfn = (pa_arr >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        # one magic per head page: a later block of the walk overwrites an earlier one
+        rev_pfn, rev_idx = np.unique(pfn[::-1], return_index=True)
+        order = order_arr[::-1][rev_idx]
+        alloc.reserve_many(rev_pfn, rev_pfn + (np.int64(1) << order))
+        magic = IncomingBlocks(rev_pfn, order)
         self.in_magic = magic
-        self.in_total_pages = sum(1 << o for o in magic.values())
+        self.in_total_pages = magic.pages()
         self.in_fdt_pa = kd.fdt_addr
         self.in_subtrees = root.subtrees
         k.printk("info", "kho", f"found kexec handover data: {len(magic)} preserved blocks, "
@@ -163,9 +370,36 @@ class Kho:
             k.warn_once("kho", f"restore:{pa:#x}",
                         f"WARNING: kho_restore_page: {pa:#x} was not preserved (no KHO magic)")
             return None
-        del self.in_magic[pfn]  # later restores of this page error out
+        self.in_magic.claim(pfn)  # later restores of this page error out
         k.mm.adopt(pa, order)
         return order
+
+    def restore_folio_run(self, pa: int, order: int, count: int) -> int:
+        """:meth:`restore_folio` of ``count`` contiguous folios of ``order`` from ``pa``,
+        stopping at the first that fails (warned about, not restored, as per
+        folio); returns how many were restored.  O(1) Python in ``count``.
+        """
+        if count <= 0:
+            return 0
+        k = self.kernel
+        size = PAGE_SIZE << order
+        if k.machine.faults.pending(FP_RESTORE, count) or order > MAX_PAGE_ORDER:
+            for i in range(count):
+                if self._restore_page(pa + i * size) != order:
+                    return i
+            return count
+        pfns = (pa >> PAGE_SHIFT) + (np.arange(count, dtype=np.int64) << order)
+        bad = np.flatnonzero(self.in_magic.lookup(pfns) != order)
+        ok = int(bad[0]) if bad.size else count
+        k.machine.faults.hit_many(FP_RESTORE, min(count, ok + 1), f"{pa:#x}")
+        if ok:
+            self.in_magic.claim_many(pfns[:ok])
+            k.mm.adopt_run(pa, order, ok)
+        if ok < count:
+            bad_pa = pa + ok * size
+            k.warn_once("kho", f"restore:{bad_pa:#x}",
+                        f"WARNING: kho_restore_page: {bad_pa:#x} was not preserved (no KHO magic)")
+        return ok
 
     def restore_folio(self, pa: int) -> int | None:
         """``kho_restore_folio()`` -> the folio's order, None when not preserved."""
@@ -189,10 +423,10 @@ class Kho:
 
     def unclaimed(self) -> list[tuple[int, int]]:
         """Preserved blocks the previous kernel handed over that nobody restored."""
-        return sorted((pfn << PAGE_SHIFT, order) for pfn, order in self.in_magic.items())
+        return [(pfn << PAGE_SHIFT, order) for pfn, order in self.in_magic.items()]
 
     def report_unclaimed(self, when: str) -> int:
-        pages = sum(1 << o for _pa, o in self.unclaimed())
+        pages = self.in_magic.pages()
         if pages:
             self.kernel.printk("warn", "kho",
                                f"{when}: {len(self.in_magic)} preserved blocks ({pages} pages) "
@@ -214,8 +448,7 @@ class Kho:
 
     def _add(self, pfn: int, order: int) -> None:
         self.kernel.machine.faults.check(FP_PRESERVE, f"pfn {pfn:#x} order {order}")
-        self.preserved.add((pfn, order))
-        self.owner[(pfn, order)] = _caller_module()
+        self.preserved.add((pfn, order), _caller_module())
 
     def _del(self, pfn: int, order: int) -> None:
         if (pfn, order) not in self.preserved:
@@ -235,6 +468,36 @@ class Kho:
     def unpreserve_folio(self, pa: int, order: int) -> None:
         """``kho_unpreserve_folio()`` (void)."""
         self._del(pa >> PAGE_SHIFT, order)
+
+    def preserve_folio_run(self, pa: int, order: int, count: int) -> None:
+        """``count`` :meth:`preserve_folio` of contiguous folios of ``order`` from ``pa``.
+
+        Same checks, fault occurrences and errors as the per-folio calls, O(1)
+        in ``count``; on error nothing of the run stays preserved.
+        """
+        self._check_open()
+        size = PAGE_SIZE << order
+        faults = self.kernel.machine.faults
+        scratch = any(pa < s.addr + s.size and s.addr < pa + size * count for s in self.scratch)
+        if pa % size or scratch or faults.pending(FP_PRESERVE, count):
+            done = 0
+            try:  # the exact per-folio path: the error lands on its folio
+                for k in range(count):
+                    self.preserve_folio(pa + k * size, order)
+                    done += 1
+            except KernelError:
+                self.preserved.remove_run(pa >> PAGE_SHIFT, order, done)
+                raise
+            return
+        faults.hit_many(FP_PRESERVE, count, f"pfn {pa >> PAGE_SHIFT:#x} order {order}")
+        self.preserved.add_run(pa >> PAGE_SHIFT, order, count, _caller_module())
+
+    def unpreserve_folio_run(self, pa: int, order: int, count: int) -> None:
+        """``count`` :meth:`unpreserve_folio` (warns for blocks not preserved)."""
+        removed = self.preserved.remove_run(pa >> PAGE_SHIFT, order, count)
+        if removed != count:
+            self.kernel.warn("kho", f"WARNING: kho_radix_del_page: {count - removed} of "
+                             f"{count} blocks from {pa:#x} order {order} were not preserved")
 
     def preserve_pages(self, pa: int, nr_pages: int) -> None:
         """``kho_preserve_pages()``: split into aligned blocks, undo on failure."""
@@ -381,44 +644,51 @@ class Kho:
 
     # ------------------------------------------------------------------ hand-over
     def _write_radix_tree(self) -> int:
-        """Materialise the radix tree in memory; return the root's phys."""
+        """Materialise the radix tree in memory; return the root's phys.
+
+        Nodes are allocated in the order ``kho_radix_add_page()`` would create
+        them inserting the blocks by (pfn, order): the root first, then for
+        each block the missing nodes of its path, top down.  Keys, node
+        membership and leaf bitmaps are computed with numpy, so the cost is
+        per node, not per block.
+        """
         k = self.kernel
-        nodes: dict[tuple[int, int], int] = {}  # (level, key prefix) -> pa
-        tables: dict[int, dict[int, int]] = {}  # node pa -> {index: child pa}
-        leaves: dict[int, int] = {}  # leaf pa -> bitmap int
-
-        def node(level: int, key: int) -> int:
-            # keys sharing every bit above this node's index bits share the node
-            prefix = key >> (level * 9 + KHO_BITMAP_SIZE_LOG2)
-            pa = nodes.get((level, prefix))
-            if pa is None:
-                pa = k.mm.alloc_pages(0)
-                nodes[(level, prefix)] = pa
-                if level:
-                    tables[pa] = {}
-                else:
-                    leaves[pa] = 0
-            return pa
-
-        root = node(KHO_TREE_MAX_DEPTH - 1, 0)
-        for pfn, order in sorted(self.preserved):
-            key = encode_key(pfn << PAGE_SHIFT, order)
-            cur = root
-            for level in range(KHO_TREE_MAX_DEPTH - 1, 0, -1):
-                idx = table_index(key, level)
-                child = tables[cur].get(idx)
-                if child is None:
-                    child = node(level - 1, key)
-                    tables[cur][idx] = child
-                cur = child
-            leaves[cur] |= 1 << bitmap_index(key)
+        pfn, order = self.preserved.arrays()
+        keys = keys_of(pfn, order)
+        top = KHO_TREE_MAX_DEPTH - 1
+        # prefix of the level-l node on each key's path (level 0 = leaf)
+        prefixes = [keys >> (level * 9 + KHO_BITMAP_SIZE_LOG2) for level in range(top + 1)]
+        events: list[tuple[int, int, int]] = []  # (first block, -level, prefix)
+        for level in range(top):
+            uniq, first = np.unique(prefixes[level], return_index=True)
+            events.extend(zip(first.tolist(), [-level] * uniq.size, uniq.tolist()))
+        events.sort()
+        nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
+        for _first, neg_level, prefix in events:
+            nodes[(-neg_level, prefix)] = k.mm.alloc_pages(0)
+        root = nodes[(top, 0)]
+        tables: dict[int, np.ndarray] = {}
+        for (level, _prefix), pa in nodes.items():
+            if level:
+                tables[pa] = np.zeros(512, dtype="<u8")
+        for (level, prefix), pa in nodes.items():
+            if level < top:
+                parent = nodes[(level + 1, prefix >> 9)]
+                tables[parent][prefix & 511] = pa
         for pa, table in tables.items():
-            words = [0] * 512
-            for idx, child in table.items():
-                words[idx] = child
-            self.mem.write(pa, struct.pack("<512Q", *words))
-        for pa, bits in leaves.items():
-            self.mem.write(pa, bits.to_bytes(PAGE_SIZE, "little"))
+            self.mem.write_pages(pa, table.tobytes())
+        if keys.size:
+            leaf_of = prefixes[0]
+            idx = np.argsort(leaf_of, kind="stable")
+            leaf_sorted = leaf_of[idx]
+            bits = (keys[idx] & ((1 << KHO_BITMAP_SIZE_LOG2) - 1))
+            uniq, starts = np.unique(leaf_sorted, return_index=True)
+            ends = np.append(starts[1:], leaf_sorted.size)
+            for leaf, a, b in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
+                bitmap = np.zeros(1 << KHO_BITMAP_SIZE_LOG2, dtype=np.uint8)
+                bitmap[bits[a:b]] = 1
+                self.mem.write_pages(nodes[(0, leaf)],
+                                     np.packbits(bitmap, bitorder="little").tobytes())
         return root
 
     def handover(self) -> bytes | None:
@@ -432,8 +702,7 @@ class Kho:
             return None
         self.finalized = True
         fdt_pa = k.mm.alloc_pages(0)
-        self.preserved.add((fdt_pa >> PAGE_SHIFT, 0))
-        self.owner[(fdt_pa >> PAGE_SHIFT, 0)] = "kho"
+        self.preserved.add((fdt_pa >> PAGE_SHIFT, 0), "kho")
         scratch_pa = k.mm.alloc_pages(0)
         scratch_blob = b"".join(s.encode() for s in self.scratch)
         self.mem.write(scratch_pa, scratch_blob)

@@ -314,7 +314,7 @@ class Run:
         self._environment_faults()
         old = self.machine.current  # still the old kernel: it just jumped
         if old is not None:  # observer's note of who preserved what
-            self.ctx.extra["owners"] = dict(old.kho.owner)
+            self.ctx.extra["owners"] = old.kho.owner.copy()
             snapshot_at_jump(self.ctx, old)
             snapshot_iommu_at_jump(self.ctx)
         before = self.ctx.extra.get("ram_before_jump", {})
