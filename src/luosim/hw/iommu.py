@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from luosim.hw.clock import SimClock
 from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
 
@@ -737,15 +739,25 @@ class PageTableWriter:
         while iova < end:
             if (self.superpages and iova % big == 0 and pa % big == 0
                     and end - iova >= big):
+                # every 2 MiB leaf left in this level-2 table in one write
                 table = self._table_for(root_pa, iova, 2, True)
                 assert table is not None
-                slot = table + PTE_SIZE * level_index(iova, 2)
-                if self.memory.read_u64(slot) & (PTE_R | PTE_W):
-                    raise PageTableError(f"iova {iova:#x} already mapped")
-                self.memory.write_u64(slot, encode_pte(pa, read=read, write=write,
-                                                       superpage=True))
-                iova += big
-                pa += big
+                first = level_index(iova, 2)
+                n = min(ENTRIES_PER_TABLE - first, (end - iova) // big)
+                encode_pte(pa + (n - 1) * big)  # the whole run is addressable
+                slot = table + PTE_SIZE * first
+                old = np.frombuffer(self.memory.read(slot, PTE_SIZE * n), dtype="<u8")
+                busy = np.flatnonzero(old & (PTE_R | PTE_W))
+                good = int(busy[0]) if busy.size else n
+                flags = (PTE_R if read else 0) | (PTE_W if write else 0) | PTE_PS
+                ptes = (np.uint64(pa) + np.arange(good, dtype=np.uint64) * np.uint64(big)
+                        ) | np.uint64(flags)
+                if good:
+                    self.memory.write(slot, ptes.astype("<u8").tobytes())
+                if busy.size:
+                    raise PageTableError(f"iova {iova + good * big:#x} already mapped")
+                iova += n * big
+                pa += n * big
                 continue
             table = self._table_for(root_pa, iova, 1, True)
             assert table is not None
@@ -809,9 +821,13 @@ class PageTableWriter:
             out.append(table)
             if level == 1:
                 return
-            for pte in self._entries(table):
-                if pte & (PTE_R | PTE_W) and not (pte & PTE_PS and level in (2, 3)):
-                    visit(pte & PTE_ADDR_MASK, level - 1)
+            self._check_table(table)
+            ptes = np.frombuffer(self.memory.read(table, PAGE_SIZE), dtype="<u8")
+            present = (ptes & np.uint64(PTE_R | PTE_W)) != 0
+            if level in (2, 3):  # superpage leaves point at memory, not tables
+                present &= (ptes & np.uint64(PTE_PS)) == 0
+            for child in (ptes[present] & np.uint64(PTE_ADDR_MASK)).tolist():
+                visit(child, level - 1)
 
         visit(root_pa, self.levels)
         return out

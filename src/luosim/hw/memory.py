@@ -117,6 +117,41 @@ def merge_ranges(starts: Any, ends: Any) -> tuple[np.ndarray, np.ndarray]:
     return s[firsts], run_max[lasts]
 
 
+class _SortedDict(dict[int, Any]):
+    """A dict of pfn keys that also keeps them sorted, for range queries."""
+
+    def __init__(self, items: Iterable[tuple[int, Any]] = ()) -> None:
+        super().__init__(items)
+        self.order: list[int] = sorted(self)
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        if key not in self:
+            bisect.insort(self.order, key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: int) -> None:
+        super().__delitem__(key)
+        del self.order[bisect.bisect_left(self.order, key)]
+
+    def pop(self, key: int, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        value = self[key]
+        del self[key]
+        return value
+
+    def delete_range(self, a: int, b: int) -> None:
+        """Remove every key in [a, b)."""
+        i, j = bisect.bisect_left(self.order, a), bisect.bisect_left(self.order, b)
+        for key in self.order[i:j]:
+            super().__delitem__(key)
+        del self.order[i:j]
+
+    def in_range(self, a: int, b: int) -> list[int]:
+        """Keys in [a, b), sorted."""
+        return self.order[bisect.bisect_left(self.order, a):bisect.bisect_left(self.order, b)]
+
+
 class PhysicalMemory:
     """Byte-addressable RAM of ``size`` bytes starting at physical address 0."""
 
@@ -124,10 +159,10 @@ class PhysicalMemory:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"memory size {size:#x} is not a positive multiple of {PAGE_SIZE}")
         self.size = size
-        self._pages: dict[int, bytearray] = {}
+        self._pages = _SortedDict()  # pfn -> bytearray
         self._starts: list[int] = []  # run start pfns, sorted; runs never overlap
         self._runs: list[Run] = []
-        self._fp: dict[int, int] = {}  # head pfn -> fingerprint of a written folio of a run
+        self._fp = _SortedDict()  # head pfn -> fingerprint of a written folio of a run
         self.poisoned = False
         self.scrub_count = 0
 
@@ -214,15 +249,12 @@ class PhysicalMemory:
 
     # -- fingerprints -------------------------------------------------------
     def _pages_in(self, pfn: int, end: int) -> list[int]:
-        """Byte pages in [pfn, end), sorted (cost: min(range, pages))."""
-        if end - pfn < len(self._pages):
-            return [p for p in range(pfn, end) if p in self._pages]
-        return sorted(p for p in self._pages if pfn <= p < end)
+        """Byte pages in [pfn, end), sorted."""
+        return self._pages.in_range(pfn, end)
 
     def _fps_in(self, pfn: int, end: int) -> list[int]:
-        if end - pfn < len(self._fp):
-            return [p for p in range(pfn, end) if p in self._fp]
-        return sorted(p for p in self._fp if pfn <= p < end)
+        """Written folios of runs with a head in [pfn, end), sorted."""
+        return self._fp.in_range(pfn, end)
 
     def folio_fingerprint(self, pa: int, order: int) -> int:
         """Fingerprint of the content of the aligned block at ``pa`` of ``order``.
@@ -303,33 +335,33 @@ class PhysicalMemory:
             size = 1 << r.order
             k0 = (a - r.start) >> r.order
             k1 = (b - r.start + size - 1) >> r.order
-            written = set(self._fps_in(r.start + (k0 << r.order), r.start + (k1 << r.order)))
+            # folios to describe one by one: written ones and the (at most two) cut ones
+            special = sorted({(h - r.start) >> r.order for h in
+                              self._fps_in(r.start + (k0 << r.order), r.start + (k1 << r.order))}
+                             | {kk for kk in (k0, k1 - 1)
+                                if r.start + (kk << r.order) < a
+                                or r.start + ((kk + 1) << r.order) > b})
             k = k0
-            while k < k1:
-                head = r.start + (k << r.order)
-                partial = head < a or head + size > b
-                if partial or head in written:
-                    if partial:  # the range cuts a folio: describe its pages
-                        for p in range(max(head, a), min(head + size, b)):
-                            add(p - pfn, "page", self.page_digest(p))
+            for stop in [*special, k1]:
+                if stop > k:  # folios [k, stop) untouched: one token
+                    head = r.start + (k << r.order)
+                    if r.family:
+                        add(head - pfn, "fam", r.seed, r.index0 + (k << r.order), stop - k,
+                            r.order)
+                    elif r.seed in _UNIFORM:
+                        add(head - pfn, "uni", r.seed, (stop - k) << r.order)
                     else:
-                        add(head - pfn, "fp", self._fp[head])
-                    k += 1
-                    continue
-                nxt = k + 1
-                while nxt < k1:
-                    h2 = r.start + (nxt << r.order)
-                    if h2 in written or h2 + size > b:
-                        break
-                    nxt += 1
-                if r.family:
-                    add(head - pfn, "fam", r.seed, r.index0 + (k << r.order), nxt - k, r.order)
-                elif r.seed in _UNIFORM:
-                    add(head - pfn, "uni", r.seed, (nxt - k) << r.order)
+                        for kk in range(k, stop):
+                            add(r.start + (kk << r.order) - pfn, "folio", r.seed, r.order)
+                if stop == k1:
+                    break
+                head = r.start + (stop << r.order)
+                if head < a or head + size > b:  # the range cuts this folio: its pages
+                    for p in range(max(head, a), min(head + size, b)):
+                        add(p - pfn, "page", self.page_digest(p))
                 else:
-                    for kk in range(k, nxt):
-                        add(r.start + (kk << r.order) - pfn, "folio", r.seed, r.order)
-                k = nxt
+                    add(head - pfn, "fp", self._fp[head])
+                k = stop + 1
             pos = b
         if end > pos:
             gap(pos, end)
@@ -403,7 +435,12 @@ class PhysicalMemory:
         mv = memoryview(data)
         pages = self._pages
         for k in range(n):
-            pages[pfn + k] = bytearray(mv[k << PAGE_SHIFT:(k + 1) << PAGE_SHIFT])
+            page = pages.get(pfn + k)
+            chunk = mv[k << PAGE_SHIFT:(k + 1) << PAGE_SHIFT]
+            if page is None:
+                pages[pfn + k] = bytearray(chunk)
+            else:
+                page[:] = chunk
 
     def read_u64(self, pa: int) -> int:
         return int.from_bytes(self.read(pa, 8), "little")
@@ -431,10 +468,8 @@ class PhysicalMemory:
     # -- dropping and scrubbing --------------------------------------------
     def _drop_range(self, pfn: int, npages: int) -> None:
         end = pfn + npages
-        for p in self._pages_in(pfn, end):
-            del self._pages[p]
-        for h in self._fps_in(pfn, end):
-            del self._fp[h]
+        self._pages.delete_range(pfn, end)
+        self._fp.delete_range(pfn, end)
         i, j = self._span(pfn, end)
         if i == j:
             return
@@ -490,7 +525,8 @@ class PhysicalMemory:
             return [bool(x) for x in ok]
 
         page_keys = list(self._pages)
-        new_pages = {p: self._pages[p] for p, ok in zip(page_keys, kept_pfns(page_keys)) if ok}
+        new_pages: dict[int, bytearray] = {
+            p: self._pages[p] for p, ok in zip(page_keys, kept_pfns(page_keys)) if ok}
         new_runs: list[Run] = []
         new_fp: dict[int, int] = {}
         for r in self._runs:
@@ -514,10 +550,10 @@ class PhysicalMemory:
                     for p in range(max(a, head), min(b, head + size)):
                         if p not in new_pages:
                             new_pages[p] = bytearray(synthetic_page(seed, p - head))
-        self._pages = new_pages
+        self._pages = _SortedDict(new_pages.items())
         self._runs = new_runs
         self._starts = [r.start for r in new_runs]
-        self._fp = new_fp
+        self._fp = _SortedDict(new_fp.items())
         self.poisoned = True
         self.scrub_count += 1
         return int((me - ms).sum())

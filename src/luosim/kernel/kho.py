@@ -192,7 +192,8 @@ class PreservedBlocks:
                 orders.append(np.full(count, order, dtype=np.int64))
         pfn = np.concatenate(pfns)
         order_arr = np.concatenate(orders)
-        idx = np.lexsort((order_arr, pfn))
+        # runs come sorted: a stable (tim)sort of the combined key is near linear
+        idx = np.argsort((pfn << 6) | order_arr, kind="stable")
         return pfn[idx], order_arr[idx]
 
 
@@ -545,6 +546,50 @@ class Kho:
         self.unpreserve_folio(pa, order)
         self.kernel.mm.free_pages(pa, order)
 
+    def _preserve_vmalloc_bulk(self, data: bytes, nr: int, groups: int) -> bytes | None:
+        """:meth:`preserve_vmalloc` by runs of pages: the same pages, bytes, blocks
+        and fault occurrences; None (nothing done) when it must go page by page
+        (a planned fault, not enough memory for all at once)."""
+        k = self.kernel
+        if k.machine.faults.pending(FP_PRESERVE, nr + groups):
+            return None
+        try:
+            runs = k.mm.alloc_pages_bulk(0, nr)
+        except KernelError:
+            return None
+        try:
+            chunk_runs = k.mm.alloc_pages_bulk(0, groups)
+        except KernelError:
+            for pa, n in runs:
+                k.mm.free_run(pa, 0, n)
+            return None
+        all_runs = runs + chunk_runs
+        if any(pa < s.addr + s.size and s.addr < pa + n * PAGE_SIZE
+               for pa, n in all_runs for s in self.scratch):
+            for pa, n in all_runs:
+                k.mm.free_run(pa, 0, n)
+            return None
+        padded = data.ljust(nr * PAGE_SIZE, b"\0")
+        pos = 0
+        owner = _caller_module()
+        for pa, n in runs:
+            self.mem.write_pages(pa, padded[pos:pos + n * PAGE_SIZE])
+            pos += n * PAGE_SIZE
+        k.machine.faults.hit_many(FP_PRESERVE, nr + groups, "vmalloc")
+        for pa, n in all_runs:
+            self.preserved.add_run(pa >> PAGE_SHIFT, 0, n, owner)
+        pages = np.concatenate([(pa >> PAGE_SHIFT) + np.arange(n, dtype=np.int64)
+                                for pa, n in runs]) << PAGE_SHIFT
+        chunks = [pa + i * PAGE_SIZE for pa, n in chunk_runs for i in range(n)]
+        per_chunk = PAGE_SIZE // 8 - 1
+        for ci, cpa in enumerate(chunks):
+            body = np.zeros(PAGE_SIZE // 8, dtype="<u8")
+            body[0] = chunks[ci + 1] if ci + 1 < len(chunks) else 0
+            group = pages[ci * per_chunk:(ci + 1) * per_chunk]
+            body[1:1 + group.size] = group
+            self.mem.write_pages(cpa, body.tobytes())
+        return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
+
     def preserve_vmalloc(self, data: bytes) -> bytes:
         """``kho_preserve_vmalloc()`` of an area holding ``data`` (order-0 pages).
 
@@ -552,6 +597,10 @@ class Kho:
         """
         self._check_open()
         nr = max(1, -(-len(data) // PAGE_SIZE))
+        per_chunk = PAGE_SIZE // 8 - 1
+        bulk = self._preserve_vmalloc_bulk(data, nr, -(-nr // per_chunk))
+        if bulk is not None:
+            return bulk
         pages: list[int] = []
         chunks: list[int] = []
         try:
@@ -613,6 +662,16 @@ class Kho:
             self.kernel.printk("err", "kho", f"kho_restore_vmalloc: {exc}")
             return None
         out = bytearray()
+        pfns = np.array(pages, dtype=np.int64) >> PAGE_SHIFT
+        if (not self.kernel.machine.faults.pending(FP_RESTORE, len(pages))
+                and bool((self.in_magic.lookup(pfns) == 0).all())):
+            # every page carries an order-0 magic: claim them all at once
+            self.kernel.machine.faults.hit_many(FP_RESTORE, len(pages), "vmalloc")
+            self.in_magic.claim_many(pfns)
+            for pa in pages:
+                self.kernel.mm.adopt(pa, 0)
+                out += self.mem.read(pa, PAGE_SIZE)
+            pages = []
         for pa in pages:
             if not self.restore_pages(pa, 1):
                 return None
@@ -654,15 +713,28 @@ class Kho:
         """
         k = self.kernel
         pfn, order = self.preserved.arrays()
-        keys = keys_of(pfn, order)
         top = KHO_TREE_MAX_DEPTH - 1
-        # prefix of the level-l node on each key's path (level 0 = leaf)
-        prefixes = [keys >> (level * 9 + KHO_BITMAP_SIZE_LOG2) for level in range(top + 1)]
-        events: list[tuple[int, int, int]] = []  # (first block, -level, prefix)
-        for level in range(top):
-            uniq, first = np.unique(prefixes[level], return_index=True)
-            events.extend(zip(first.tolist(), [-level] * uniq.size, uniq.tolist()))
-        events.sort()
+        # Blocks of one order have keys increasing with pfn and a key range of
+        # their own, so per order every level's node prefixes are sorted: the
+        # first block needing each node is found with a diff, no sort.
+        first_use: dict[tuple[int, int], int] = {}  # (level, prefix) -> first block
+        leaves: list[tuple[int, np.ndarray]] = []  # (leaf prefix, bit indices)
+        for o in np.unique(order).tolist():
+            at = np.flatnonzero(order == o)
+            keys = keys_of(pfn[at], order[at])
+            for level in range(top):
+                pre = keys >> (level * 9 + KHO_BITMAP_SIZE_LOG2)
+                starts = np.flatnonzero(np.concatenate(([True], pre[1:] != pre[:-1])))
+                for prefix, i in zip(pre[starts].tolist(), at[starts].tolist()):
+                    key = (level, prefix)
+                    if key not in first_use or i < first_use[key]:
+                        first_use[key] = i
+                if level == 0:
+                    ends = np.append(starts[1:], pre.size)
+                    bits = keys & ((1 << KHO_BITMAP_SIZE_LOG2) - 1)
+                    leaves.extend((int(pre[a]), bits[a:b])
+                                  for a, b in zip(starts.tolist(), ends.tolist()))
+        events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
         nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
         for _first, neg_level, prefix in events:
             nodes[(-neg_level, prefix)] = k.mm.alloc_pages(0)
@@ -677,18 +749,10 @@ class Kho:
                 tables[parent][prefix & 511] = pa
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
-        if keys.size:
-            leaf_of = prefixes[0]
-            idx = np.argsort(leaf_of, kind="stable")
-            leaf_sorted = leaf_of[idx]
-            bits = (keys[idx] & ((1 << KHO_BITMAP_SIZE_LOG2) - 1))
-            uniq, starts = np.unique(leaf_sorted, return_index=True)
-            ends = np.append(starts[1:], leaf_sorted.size)
-            for leaf, a, b in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
-                bitmap = np.zeros(1 << KHO_BITMAP_SIZE_LOG2, dtype=np.uint8)
-                bitmap[bits[a:b]] = 1
-                self.mem.write_pages(nodes[(0, leaf)],
-                                     np.packbits(bitmap, bitorder="little").tobytes())
+        for leaf, bits in leaves:
+            bitmap = np.zeros(1 << KHO_BITMAP_SIZE_LOG2, dtype=np.uint8)
+            bitmap[bits] = 1
+            self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
         return root
 
     def handover(self) -> bytes | None:

@@ -205,8 +205,7 @@ class Run:
                 kk, old, sc.update.finish))
             for vm in vmm.vms:
                 if vm.name in self.ctx.ram_layout and vm.ram is not None:
-                    layout = sorted(vm.ram.folios())
-                    if layout != self.ctx.ram_layout[vm.name]:
+                    if vm.ram.folio_runs() != self.ctx.ram_layout[vm.name]:
                         self._ram_problem(vm.name, "retrieved memfd is not backed by the "
                                           "preserved folios")
             self.ctx.extra["unfinished_kinds"] = sorted({p.kind for p in agent.unfinished()})
@@ -346,14 +345,16 @@ class Run:
         for vm in vmm.vms:
             if vm.ram is None:
                 continue
-            layout = sorted(vm.ram.folios())
+            layout = vm.ram.folio_runs()  # runs (index, pa, order, count): O(extents)
             self.ctx.ram_layout[vm.name] = layout
             self.ctx.ram_pfns[vm.name] = PfnRanges(
-                [(pa >> PAGE_SHIFT, (pa >> PAGE_SHIFT) + (1 << order)) for _i, pa, order in layout])
+                [(pa >> PAGE_SHIFT, (pa >> PAGE_SHIFT) + (n << order))
+                 for _i, pa, order, n in layout])
 
     def _ram_fingerprints(self) -> dict[str, int]:
         mem = self.machine.memory
-        return {vm: hash(tuple(mem.folio_fingerprint(pa, order) for _i, pa, order in layout))
+        return {vm: hash(tuple(tuple(mem.describe(pa >> PAGE_SHIFT, n << order))
+                               for _i, pa, order, n in layout))
                 for vm, layout in self.ctx.ram_layout.items()}
 
     def _ram_problem(self, vm: str, problem: str) -> None:

@@ -136,6 +136,13 @@ class MemfdFile(File):
                         prev[3] += nxt[3]
                         del self._fidx[i], self._fruns[i]
                 return
+        if i < len(self._fruns):  # or prepend to the run after
+            nxt = self._fruns[i]
+            if (nxt[2] == order and index + (count << order) == nxt[0]
+                    and pa + (count << (order + PAGE_SHIFT)) == nxt[1]):
+                nxt[0], nxt[1], nxt[3] = index, pa, nxt[3] + count
+                self._fidx[i] = index
+                return
         self._fidx.insert(i, index)
         self._fruns.insert(i, [index, pa, order, count])
 
