@@ -746,8 +746,8 @@ class PageTableWriter:
                 n = min(ENTRIES_PER_TABLE - first, (end - iova) // big)
                 encode_pte(pa + (n - 1) * big)  # the whole run is addressable
                 slot = table + PTE_SIZE * first
-                old = np.frombuffer(self.memory.read(slot, PTE_SIZE * n), dtype="<u8")
-                busy = np.flatnonzero(old & (PTE_R | PTE_W))
+                cur = np.frombuffer(self.memory.read(slot, PTE_SIZE * n), dtype="<u8")
+                busy = np.flatnonzero(cur & (PTE_R | PTE_W))
                 good = int(busy[0]) if busy.size else n
                 flags = (PTE_R if read else 0) | (PTE_W if write else 0) | PTE_PS
                 ptes = (np.uint64(pa) + np.arange(good, dtype=np.uint64) * np.uint64(big)

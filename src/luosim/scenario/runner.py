@@ -204,10 +204,10 @@ class Run:
             vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
                 kk, old, sc.update.finish))
             for vm in vmm.vms:
-                if vm.name in self.ctx.ram_layout and vm.ram is not None:
-                    if vm.ram.folio_runs() != self.ctx.ram_layout[vm.name]:
-                        self._ram_problem(vm.name, "retrieved memfd is not backed by the "
-                                          "preserved folios")
+                if (vm.name in self.ctx.ram_layout and vm.ram is not None
+                        and vm.ram.folio_runs() != self.ctx.ram_layout[vm.name]):
+                    self._ram_problem(vm.name, "retrieved memfd is not backed by the "
+                                      "preserved folios")
             self.ctx.extra["unfinished_kinds"] = sorted({p.kind for p in agent.unfinished()})
             self._probe_finished_tokens(agent)
             self.ctx.phase = "finished" if sc.update.finish else "after-kexec"
