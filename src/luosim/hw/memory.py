@@ -550,6 +550,18 @@ class PhysicalMemory:
                     for p in range(max(a, head), min(b, head + size)):
                         if p not in new_pages:
                             new_pages[p] = bytearray(synthetic_page(seed, p - head))
+        if not self.poisoned:
+            # kept memory nobody wrote still reads as zero: the background turns to poison
+            for a, b in zip(starts, ends):
+                pos = a
+                i, j = self._span(a, b)
+                for r in self._runs[i:j]:
+                    if r.start > pos:
+                        new_runs.append(Run(pos, r.start - pos, 0, ZERO_SEED))
+                    pos = max(pos, r.end)
+                if b > pos:
+                    new_runs.append(Run(pos, b - pos, 0, ZERO_SEED))
+            new_runs.sort(key=lambda r: r.start)
         self._pages = _SortedDict(new_pages.items())
         self._runs = new_runs
         self._starts = [r.start for r in new_runs]
