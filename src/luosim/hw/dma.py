@@ -222,6 +222,8 @@ class DmaEngine:
         self.controller: DmaController | None = None
         self._open: dict[_Key, DmaRecord] = {}
         self._reported: set[tuple[str, int, int | None]] = set()  # one event per kind
+        self._memo: dict[int, Resolution] = {}  # page -> resolution, valid for _memo_key
+        self._memo_key: object = None
 
     @property
     def hw_id(self) -> str:
@@ -287,7 +289,22 @@ class DmaEngine:
         return (a, b) if a < b else (self.iova_base, self.iova_base + self.length)
 
     def _resolve(self, seg: int, rid: int, page: int) -> Resolution:
-        return self.machine.iommu.resolve(seg, rid, page, True, PAGE_SIZE)
+        """``resolve()`` of one page, remembered across steps while nothing it
+        depends on changed: the unit's registers, and (``watch_gen``) the
+        table pages the walk read - resolve() has no other inputs."""
+        mem = self.machine.memory
+        unit = self.machine.iommu.unit_for_segment(seg)
+        key = (mem.watch_gen, seg, rid, None if unit is None else
+               (unit.rtaddr, unit.root_table_set, unit.translation_enabled))
+        if key != self._memo_key:
+            self._memo = {}
+            self._memo_key = key
+        res = self._memo.get(page)
+        if res is None:
+            res = self.machine.iommu.resolve(seg, rid, page, True, PAGE_SIZE)
+            mem.watch(t >> 12 for t in res.tables)
+            self._memo[page] = res
+        return res
 
     @staticmethod
     def _outcome(res: Resolution) -> str:

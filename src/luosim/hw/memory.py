@@ -162,9 +162,13 @@ class PhysicalMemory:
         self._pages = _SortedDict()  # pfn -> bytearray
         self._starts: list[int] = []  # run start pfns, sorted; runs never overlap
         self._runs: list[Run] = []
-        self._fp = _SortedDict()  # head pfn -> fingerprint of a written folio of a run
+        self._fp = _SortedDict()  # head pfn -> 1: a folio of a run with byte pages written
         self.poisoned = False
         self.scrub_count = 0
+        # pages whose content others cache (IOMMU tables a DMA walk read):
+        # any change to one of them bumps watch_gen
+        self._watched = _SortedDict()
+        self.watch_gen = 0
 
     # -- geometry -----------------------------------------------------------
     @property
@@ -175,6 +179,16 @@ class PhysicalMemory:
         if pa < 0 or length < 0 or pa + length > self.size:
             raise MemoryAccessError(
                 f"physical access [{pa:#x}, {pa + length:#x}) outside RAM [0, {self.size:#x})")
+
+    def watch(self, pfns: Iterable[int]) -> None:
+        """Bump :attr:`watch_gen` whenever one of ``pfns`` changes from now on."""
+        for p in pfns:
+            if p not in self._watched:
+                self._watched[p] = 1
+
+    def _touch(self, pfn: int, end: int) -> None:
+        if self._watched and self._watched.in_range(pfn, end):
+            self.watch_gen += 1
 
     @property
     def _bg_seed(self) -> int:
@@ -269,8 +283,7 @@ class PhysicalMemory:
         if hit is not None:
             r, k = hit
             if r.order == order and r.start + (k << order) == pfn:
-                fp = self._fp.get(pfn)
-                return fp if fp is not None else _mix(r.folio_seed(k), order)
+                return self._folio_fp(r, k)
             if r.seed in _UNIFORM and not r.family and end <= r.end and not self._pages_in(pfn,
                                                                                         end):
                 return _mix(r.seed, order)
@@ -279,6 +292,21 @@ class PhysicalMemory:
             if i == j:
                 return _mix(self._bg_seed, order)
         return _mix(b"pages", *(self.page_digest(p) for p in range(pfn, end)))
+
+    def _folio_fp(self, r: Run, k: int) -> int:
+        """Fingerprint of folio ``k`` of ``r``: its seed, and its written pages if any.
+
+        Computed when asked (writes only mark the folio), so a DMA write
+        costs no hashing; equal content gives equal fingerprints whatever
+        the order of the writes.
+        """
+        head = r.start + (k << r.order)
+        if head not in self._fp:
+            return _mix(r.folio_seed(k), r.order)
+        parts: list[int | bytes] = [b"written", r.folio_seed(k), r.order]
+        for p in self._pages.in_range(head, head + (1 << r.order)):
+            parts += [p - head, bytes(self._pages[p])]
+        return _mix(*parts)
 
     def page_digest(self, pfn: int) -> int:
         page = self._pages.get(pfn)
@@ -360,7 +388,7 @@ class PhysicalMemory:
                     for p in range(max(head, a), min(head + size, b)):
                         add(p - pfn, "page", self.page_digest(p))
                 else:
-                    add(head - pfn, "fp", self._fp[head])
+                    add(head - pfn, "fp", self._folio_fp(r, stop))
                 k = stop + 1
             pos = b
         if end > pos:
@@ -406,14 +434,14 @@ class PhysicalMemory:
                 page = bytearray(self._page_bytes(pfn))
                 self._pages[pfn] = page
             page[off:off + n] = data[pos:pos + n]
+            if pfn in self._watched:
+                self.watch_gen += 1
             hit = self._run_at(pfn) if self._runs else None
             if hit is not None:
                 r, k = hit
                 head = r.start + (k << r.order)
-                fp = self._fp.get(head)
-                if fp is None:
-                    fp = _mix(r.folio_seed(k), r.order)
-                self._fp[head] = _mix(fp, pfn, bytes(page))
+                if head not in self._fp:  # its fingerprint now folds in its byte pages
+                    self._fp[head] = 1
             pos += n
 
     def write_pages(self, pa: int, data: bytes) -> None:
@@ -432,6 +460,7 @@ class PhysicalMemory:
         if i != j:
             self.write(pa, data)
             return
+        self._touch(pfn, pfn + n)
         mv = memoryview(data)
         pages = self._pages
         for k in range(n):
@@ -468,6 +497,7 @@ class PhysicalMemory:
     # -- dropping and scrubbing --------------------------------------------
     def _drop_range(self, pfn: int, npages: int) -> None:
         end = pfn + npages
+        self._touch(pfn, end)
         self._pages.delete_range(pfn, end)
         self._fp.delete_range(pfn, end)
         i, j = self._span(pfn, end)
@@ -568,6 +598,7 @@ class PhysicalMemory:
         self._fp = _SortedDict(new_fp.items())
         self.poisoned = True
         self.scrub_count += 1
+        self.watch_gen += 1
         return int((me - ms).sum())
 
     # -- introspection ------------------------------------------------------
