@@ -46,6 +46,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from luosim.hw.clock import SimClock
 from luosim.hw.iommu import (
     REASON_PASSTHROUGH,
@@ -240,8 +242,10 @@ class DmaEngine:
         """Bytes of writes ``seq .. seq+n-1`` concatenated."""
         if self.write_size == PAGE_SIZE:
             return b"".join(pattern_page(self.pattern_seed, s) for s in range(seq, seq + n))
-        seed = self.pattern_seed
-        return struct.pack(f"<{n}Q", *(pattern_word(seed, s) for s in range(seq, seq + n)))
+        # pattern_word() for n writes at once: uint64 arithmetic wraps mod 2**64
+        base = np.uint64(((self.pattern_seed ^ 0x5DEECE66D) * 0x9E3779B97F4A7C15) & _MASK64)
+        seqs = np.arange(seq, seq + n, dtype=np.uint64)
+        return (base + seqs * np.uint64(0xBF58476D1CE4E5B9)).astype("<u8").tobytes()
 
     def start(self) -> None:
         self.running = True
