@@ -225,7 +225,7 @@ def test_bulk_radix_walk_matches_the_generator(seed: int) -> None:
     want = list(walk_radix_tree(read, root, m.memory.size, on_node=nodes.append))
     got = walk_radix_arrays(read, root, m.memory.size)
     assert got.error is None and got.nodes == nodes
-    assert list(zip(got.pa.tolist(), got.order.tolist())) == want
+    assert got.blocks() == want
     # corrupt a node: same blocks up to the same error
     victim = rng.choice(nodes[1:])
     m.memory.write(victim + 8 * rng.randrange(512), rng.randbytes(8))
@@ -237,7 +237,7 @@ def test_bulk_radix_walk_matches_the_generator(seed: int) -> None:
     except Exception as exc:  # DecodeError
         err = exc
     got = walk_radix_arrays(read, root, m.memory.size)
-    assert list(zip(got.pa.tolist(), got.order.tolist())) == gen
+    assert got.blocks() == gen
     assert (got.error is None) == (err is None)
     if err is not None:
         assert str(got.error) == str(err)

@@ -33,16 +33,25 @@ _SAFE_KEY = 1 << (KHO_ORDER_0_LOG2 + 1)  # keys below decode exactly in int64 ar
 
 @dataclass
 class RadixWalk:
-    """Blocks in walk order (as the generator yields them), nodes visited, and the
-    error that stopped the walk (None when it completed)."""
+    """Preserved blocks in walk order as runs (``count`` blocks of ``order`` from
+    ``pa``, consecutive keys), the nodes visited, and the error that stopped
+    the walk (None when it completed)."""
 
     pa: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     nodes: list[int] = field(default_factory=list)
     error: DecodeError | None = None
 
-    def __len__(self) -> int:
-        return int(self.pa.size)
+    @property
+    def nr_blocks(self) -> int:
+        return int(self.count.sum())
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Every (pa, order), as the generator yields them (tests, small walks)."""
+        return [(pa + (k << (PAGE_SHIFT + o)), o)
+                for pa, o, n in zip(self.pa.tolist(), self.order.tolist(), self.count.tolist())
+                for k in range(n)]
 
 
 def keys_of(pfn: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -61,19 +70,25 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pa, order
 
 
-def _leaf_blocks(page: bytes, start: int) -> tuple[np.ndarray, np.ndarray]:
-    bits = np.flatnonzero(np.unpackbits(np.frombuffer(page, dtype=np.uint8),
-                                        bitorder="little"))
-    return decode_keys(bits.astype(np.int64) | np.int64(start))
+def _leaf_runs(page: bytes, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of set bits of a leaf whose keys all have one order (start >= 2**15)."""
+    bits = np.unpackbits(np.frombuffer(page, dtype=np.uint8), bitorder="little").astype(np.int8)
+    edges = np.diff(np.concatenate(([0], bits, [0])).astype(np.int8))
+    first = np.flatnonzero(edges == 1)
+    count = np.flatnonzero(edges == -1) - first
+    pa, order = decode_keys(first.astype(np.int64) | np.int64(start))
+    return pa, order, count.astype(np.int64)
 
 
 def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size: int,
                       max_nodes: int = 1 << 20) -> RadixWalk:
-    """:func:`~luosim.abi.kho.walk_radix_tree` in bulk; never raises DecodeError:
-    the walk stops where the generator would have raised, keeping what it yielded."""
+    """:func:`~luosim.abi.kho.walk_radix_tree` in bulk, as runs of blocks (cost per
+    node and run, not per block); never raises DecodeError: the walk stops where
+    the generator would have raised, keeping what it yielded."""
     out = RadixWalk()
     pas: list[np.ndarray] = []
     orders: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
     seen = 0
 
     def check_ptr(pa: int, where: str) -> None:
@@ -83,9 +98,10 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
 
     def leaf(node_pa: int, page: bytes, start: int) -> None:
         if 0 < start < _SAFE_KEY and start + (1 << KHO_BITMAP_SIZE_LOG2) <= _SAFE_KEY:
-            pa, order = _leaf_blocks(page, start)
+            pa, order, count = _leaf_runs(page, start)
             pas.append(pa)
             orders.append(order)
+            counts.append(count)
             return
         # keys that do not fit the fast path: bit by bit, exactly as the generator
         bits = int.from_bytes(page, "little")
@@ -105,6 +121,7 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
         finally:
             pas.append(np.array(got_pa, dtype=np.uint64))
             orders.append(np.array(got_order, dtype=np.int64))
+            counts.append(np.ones(len(got_pa), dtype=np.int64))
 
     def walk(node_pa: int, level: int, start: int) -> None:
         nonlocal seen
@@ -132,4 +149,5 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
     if pas:
         out.pa = np.concatenate(pas)
         out.order = np.concatenate(orders)
+        out.count = np.concatenate(counts)
     return out

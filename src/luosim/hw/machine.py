@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from luosim.abi.errors import DecodeError
 from luosim.abi.kho import KhoData, KhoScratch, decode_root_fdt
 from luosim.abi.kho_radix import walk_radix_arrays
@@ -143,8 +141,6 @@ class Machine:
         """
         keep: list[tuple[int, int]] = [(s.addr, s.size) for s in self.scratch]
         preserved_pages = 0
-        blocks_pa = np.zeros(0, dtype=np.int64)
-        blocks_len = np.zeros(0, dtype=np.int64)
         if kho_data is not None:
             try:
                 kd = KhoData.decode(kho_data)
@@ -153,20 +149,21 @@ class Machine:
                 root = decode_root_fdt(self.memory.read(kd.fdt_addr, kd.fdt_size))
                 walk = walk_radix_arrays(lambda pa: self.memory.read(pa, PAGE_SIZE),
                                          root.mem_map_pa, self.memory.size)
-                size = np.uint64(PAGE_SIZE) << walk.order.astype(np.uint64)
-                inside = walk.pa + size <= np.uint64(self.memory.size)
-                blocks_pa = walk.pa[inside].astype(np.int64)
-                blocks_len = size[inside].astype(np.int64)
-                preserved_pages = int((blocks_len >> 12).sum())
+                # runs of blocks: keep the blocks that lie inside RAM
+                mem = self.memory.size
+                size = [PAGE_SIZE << o for o in walk.order.tolist()]
+                for pa, sz, n in zip(walk.pa.tolist(), size, walk.count.tolist()):
+                    n_in = max(0, min(n, (mem - pa) // sz)) if pa < mem else 0
+                    if n_in:
+                        keep.append((pa, n_in * sz))
+                        preserved_pages += (n_in * sz) >> 12
                 if walk.error is not None:
                     raise walk.error
                 keep.extend((n, PAGE_SIZE) for n in walk.nodes)
             except (DecodeError, ValueError) as exc:
                 # the next kernel will find the same corruption and classify it
                 self.emit("machine", "kexec", "handover-unreadable", str(exc), "warn")
-        keep_pa = np.concatenate([np.array([p for p, _n in keep], dtype=np.int64), blocks_pa])
-        keep_len = np.concatenate([np.array([n for _p, n in keep], dtype=np.int64), blocks_len])
-        self.memory.scrub((keep_pa, keep_len))
+        self.memory.scrub(keep)
         self.kho_data = kho_data
         self.kexec_count += 1
         self.emit("machine", "kexec", "jump",

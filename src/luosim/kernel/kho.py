@@ -27,6 +27,7 @@ import numpy as np
 from luosim.abi.errors import DecodeError
 from luosim.abi.kho import (
     KHO_BITMAP_SIZE_LOG2,
+    KHO_ORDER_0_LOG2,
     KHO_TREE_MAX_DEPTH,
     MAX_PAGE_ORDER,
     KhoData,
@@ -34,7 +35,7 @@ from luosim.abi.kho import (
     decode_root_fdt,
     encode_root_fdt,
 )
-from luosim.abi.kho_radix import keys_of, walk_radix_arrays
+from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
@@ -180,6 +181,14 @@ class PreservedBlocks:
         i = self._run_index(*key)
         return default if i is None else str(self._runs[key[1]][i][2])
 
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(start pfn, order, count) of every run, singles as runs of one, sorted."""
+        out = [(pfn, order, 1) for pfn, order in self._single]
+        for order, runs in self._runs.items():
+            out.extend((start, order, count) for start, count, _owner in runs)
+        out.sort()
+        return out
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(pfn, order) int64 arrays of every block, sorted by (pfn, order)."""
         pfns: list[np.ndarray] = [np.fromiter((k[0] for k in self._single), dtype=np.int64,
@@ -224,55 +233,114 @@ class Owners:
 class IncomingBlocks:
     """``kho_in``: head pfn -> order of every block with KHO_PAGE_MAGIC set.
 
-    Sorted arrays and a claimed mask; restoring consumes the magic.
+    Runs of blocks as the radix walk found them (sorted by pfn; ``count``
+    blocks of ``order`` from ``pfn``), with the blocks restored so far as
+    intervals of block numbers per run: restoring consumes the magic.
     """
 
-    def __init__(self, pfn: np.ndarray | None = None, order: np.ndarray | None = None) -> None:
+    def __init__(self, pfn: np.ndarray | None = None, order: np.ndarray | None = None,
+                 count: np.ndarray | None = None) -> None:
         self.pfn = np.zeros(0, dtype=np.int64) if pfn is None else pfn
         self.order = np.zeros(0, dtype=np.int64) if order is None else order
-        self.live = np.ones(self.pfn.size, dtype=bool)
-        self._len = int(self.pfn.size)
+        self.count = np.ones(self.pfn.size, dtype=np.int64) if count is None else count
+        self.end = self.pfn + (self.count << self.order)
+        self._claimed: dict[int, list[list[int]]] = {}  # run -> sorted [first, end) blocks
+        self._nclaimed = 0
+        self._claimed_pages = 0
+        self._total = int(self.count.sum())
 
-    def _index(self, pfn: int) -> int | None:
-        i = int(np.searchsorted(self.pfn, pfn))
-        if i < self.pfn.size and int(self.pfn[i]) == pfn and self.live[i]:
-            return i
-        return None
+    def _locate(self, pfn: int) -> tuple[int, int] | None:
+        """(run, block number) of the head pfn ``pfn``."""
+        i = int(np.searchsorted(self.pfn, pfn, side="right")) - 1
+        if i < 0 or pfn >= int(self.end[i]):
+            return None
+        o = int(self.order[i])
+        off = pfn - int(self.pfn[i])
+        if off & ((1 << o) - 1):
+            return None
+        return i, off >> o
+
+    def _is_claimed(self, i: int, k: int) -> bool:
+        iv = self._claimed.get(i)
+        if not iv:
+            return False
+        j = bisect.bisect_right(iv, [k, 1 << 62]) - 1
+        return j >= 0 and iv[j][0] <= k < iv[j][1]
 
     def get(self, pfn: int) -> int | None:
-        i = self._index(pfn)
-        return None if i is None else int(self.order[i])
+        hit = self._locate(pfn)
+        if hit is None or self._is_claimed(*hit):
+            return None
+        return int(self.order[hit[0]])
+
+    def _claim_range(self, i: int, a: int, b: int) -> None:
+        """Blocks [a, b) of run i (none claimed yet)."""
+        iv = self._claimed.setdefault(i, [])
+        bisect.insort(iv, [a, b])
+        j = iv.index([a, b])
+        if j + 1 < len(iv) and iv[j + 1][0] == b:  # merge with the neighbours
+            iv[j][1] = iv.pop(j + 1)[1]
+        if j > 0 and iv[j - 1][1] == a:
+            iv[j - 1][1] = iv.pop(j)[1]
+        self._nclaimed += b - a
+        self._claimed_pages += (b - a) << int(self.order[i])
 
     def claim(self, pfn: int) -> None:
-        i = self._index(pfn)
-        if i is not None:
-            self.live[i] = False
-            self._len -= 1
+        hit = self._locate(pfn)
+        if hit is not None and not self._is_claimed(*hit):
+            self._claim_range(hit[0], hit[1], hit[1] + 1)
 
     def lookup(self, pfns: np.ndarray) -> np.ndarray:
         """Orders of ``pfns`` still carrying a magic, -1 where none."""
-        i = np.searchsorted(self.pfn, pfns)
-        i_c = np.minimum(i, max(self.pfn.size - 1, 0))
-        if not self.pfn.size:
+        if not self.pfn.size or not pfns.size:
             return np.full(pfns.size, -1, dtype=np.int64)
-        hit = (i < self.pfn.size) & (self.pfn[i_c] == pfns) & self.live[i_c]
-        return np.where(hit, self.order[i_c], -1)
+        i = np.searchsorted(self.pfn, pfns, side="right") - 1
+        ic = np.maximum(i, 0)
+        o = self.order[ic]
+        off = pfns - self.pfn[ic]
+        ok = (i >= 0) & (pfns < self.end[ic]) & ((off & ((1 << o) - 1)) == 0)
+        out = np.where(ok, o, -1)
+        for run in np.unique(ic[ok]).tolist():
+            iv = self._claimed.get(run)
+            if not iv:
+                continue
+            sel = np.flatnonzero(ok & (ic == run))
+            k = off[sel] >> o[sel]
+            starts = np.array([x[0] for x in iv])
+            ends = np.array([x[1] for x in iv])
+            j = np.searchsorted(starts, k, side="right") - 1
+            taken = (j >= 0) & (k < ends[np.maximum(j, 0)])
+            out[sel[taken]] = -1
+        return out
 
     def claim_many(self, pfns: np.ndarray) -> None:
-        i = np.searchsorted(self.pfn, pfns)
-        was = int(self.live[i].sum())
-        self.live[i] = False
-        self._len -= was
+        """Claim ``pfns`` (each carrying a magic, none claimed yet)."""
+        if not pfns.size:
+            return
+        i = np.searchsorted(self.pfn, pfns, side="right") - 1
+        k = (pfns - self.pfn[i]) >> self.order[i]
+        brk = np.flatnonzero((i[1:] != i[:-1]) | (k[1:] != k[:-1] + 1)) + 1
+        firsts = np.concatenate(([0], brk))
+        lasts = np.concatenate((brk, [pfns.size]))
+        for a, b in zip(firsts.tolist(), lasts.tolist()):
+            self._claim_range(int(i[a]), int(k[a]), int(k[b - 1]) + 1)
 
     def __len__(self) -> int:
-        return self._len
+        return self._total - self._nclaimed
 
     def items(self) -> Iterator[tuple[int, int]]:
-        idx = np.flatnonzero(self.live)
-        yield from zip(self.pfn[idx].tolist(), self.order[idx].tolist())
+        """(head pfn, order) of every block not restored, by pfn."""
+        for i, (p0, o, n) in enumerate(zip(self.pfn.tolist(), self.order.tolist(),
+                                           self.count.tolist())):
+            iv = self._claimed.get(i, [])
+            pos = 0
+            for a, b in [*iv, [n, n]]:
+                for k in range(pos, a):
+                    yield p0 + (k << o), o
+                pos = b
 
     def pages(self) -> int:
-        return int(np.left_shift(np.int64(1), self.order[self.live]).sum())
+        return int((self.count << self.order).sum()) - self._claimed_pages
 
 
 class Kho:
@@ -325,24 +393,24 @@ class Kho:
         walk = walk_radix_arrays(lambda pa: self.mem.read(pa, PAGE_SIZE), root.mem_map_pa,
                                  self.mem.size)
         error = walk.error
-        pa_arr, order_arr = walk.pa, walk.order
-        beyond = np.flatnonzero(pa_arr + (np.uint64(PAGE_SIZE) << order_arr.astype(np.uint64))
-                                > np.uint64(self.mem.size)) if len(walk) else np.zeros(0, int)
-        if beyond.size:  # the first such block stops the walk, before any later error
-            i = int(beyond[0])
-            error = DecodeError("kho radix tree", 0, "bitmap",
-                                f"block {int(pa_arr[i]):#x} order {int(order_arr[i])} beyond RAM",
-                                kind="bad-value")
+        mem = self.mem.size
+        for pa, o, n in zip(walk.pa.tolist(), walk.order.tolist(), walk.count.tolist()):
+            size = PAGE_SIZE << o
+            if pa + n * size > mem:  # the first block beyond RAM stops the walk
+                k = 0 if pa + size > mem else (mem - pa) // size
+                error = DecodeError("kho radix tree", 0, "bitmap",
+                                    f"block {pa + k * size:#x} order {o} beyond RAM",
+                                    kind="bad-value")
+                break
         if error is not None:
             # kho_mem_retrieve() failed: kho_in.fdt_phys = 0, nothing is preserved
             k.printk("err", "kho", f"failed to walk preserved memory map: {error}")
             return
-        pfn = (pa_arr >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        # one magic per head page: a later block of the walk overwrites an earlier one
-        rev_pfn, rev_idx = np.unique(pfn[::-1], return_index=True)
-        order = order_arr[::-1][rev_idx]
-        alloc.reserve_many(rev_pfn, rev_pfn + (np.int64(1) << order))
-        magic = IncomingBlocks(rev_pfn, order)
+        pfn = (walk.pa >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        idx = np.argsort(pfn, kind="stable")
+        pfn, order, count = pfn[idx], walk.order[idx], walk.count[idx]
+        alloc.reserve_many(pfn, pfn + (count << order))
+        magic = IncomingBlocks(pfn, order, count)
         self.in_magic = magic
         self.in_total_pages = magic.pages()
         self.in_fdt_pa = kd.fdt_addr
@@ -712,28 +780,30 @@ class Kho:
         per node, not per block.
         """
         k = self.kernel
-        pfn, order = self.preserved.arrays()
         top = KHO_TREE_MAX_DEPTH - 1
-        # Blocks of one order have keys increasing with pfn and a key range of
-        # their own, so per order every level's node prefixes are sorted: the
-        # first block needing each node is found with a diff, no sort.
-        first_use: dict[tuple[int, int], int] = {}  # (level, prefix) -> first block
-        leaves: list[tuple[int, np.ndarray]] = []  # (leaf prefix, bit indices)
-        for o in np.unique(order).tolist():
-            at = np.flatnonzero(order == o)
-            keys = keys_of(pfn[at], order[at])
+        # A run of blocks has consecutive keys: per level it needs a range of
+        # nodes, the first block needing each is found arithmetically, and its
+        # leaf bits are slices - the cost is per run and node, not per block.
+        first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
+        leaves: dict[int, np.ndarray] = {}  # leaf prefix -> unpacked bitmap
+        for start, o, n in self.preserved.runs():
+            k0 = (1 << (KHO_ORDER_0_LOG2 - o)) | (start >> o)
+            k1 = k0 + n  # exclusive
             for level in range(top):
-                pre = keys >> (level * 9 + KHO_BITMAP_SIZE_LOG2)
-                starts = np.flatnonzero(np.concatenate(([True], pre[1:] != pre[:-1])))
-                for prefix, i in zip(pre[starts].tolist(), at[starts].tolist()):
+                shift = level * 9 + KHO_BITMAP_SIZE_LOG2
+                for prefix in range(k0 >> shift, ((k1 - 1) >> shift) + 1):
+                    lo = max(k0, prefix << shift)
+                    first = (start + ((lo - k0) << o), o)
                     key = (level, prefix)
-                    if key not in first_use or i < first_use[key]:
-                        first_use[key] = i
-                if level == 0:
-                    ends = np.append(starts[1:], pre.size)
-                    bits = keys & ((1 << KHO_BITMAP_SIZE_LOG2) - 1)
-                    leaves.extend((int(pre[a]), bits[a:b])
-                                  for a, b in zip(starts.tolist(), ends.tolist()))
+                    if key not in first_use or first < first_use[key]:
+                        first_use[key] = first
+                    if level == 0:
+                        bitmap = leaves.get(prefix)
+                        if bitmap is None:
+                            bitmap = leaves[prefix] = np.zeros(1 << KHO_BITMAP_SIZE_LOG2,
+                                                               dtype=np.uint8)
+                        hi = min(k1, (prefix + 1) << shift)
+                        bitmap[lo - (prefix << shift):hi - (prefix << shift)] = 1
         events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
         nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
         for _first, neg_level, prefix in events:
@@ -749,9 +819,7 @@ class Kho:
                 tables[parent][prefix & 511] = pa
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
-        for leaf, bits in leaves:
-            bitmap = np.zeros(1 << KHO_BITMAP_SIZE_LOG2, dtype=np.uint8)
-            bitmap[bits] = 1
+        for leaf, bitmap in leaves.items():
             self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
         return root
 
