@@ -75,6 +75,16 @@ def blocks(pfn: int, end_pfn: int) -> Iterator[tuple[int, int]]:
         pfn += 1 << order
 
 
+def contiguous_runs(pfns: np.ndarray) -> list[tuple[int, int]]:
+    """(first pfn, pages) of the runs of consecutive pfns, in order."""
+    if not pfns.size:
+        return []
+    brk = np.flatnonzero(pfns[1:] != pfns[:-1] + 1) + 1
+    firsts = np.concatenate(([0], brk))
+    lasts = np.concatenate((brk, [pfns.size]))
+    return [(int(pfns[a]), int(b - a)) for a, b in zip(firsts.tolist(), lasts.tolist())]
+
+
 class PreservedBlocks:
     """The outgoing radix tree's content: (pfn, order) blocks, with their owner.
 
@@ -300,9 +310,12 @@ class IncomingBlocks:
         off = pfns - self.pfn[ic]
         ok = (i >= 0) & (pfns < self.end[ic]) & ((off & ((1 << o) - 1)) == 0)
         out = np.where(ok, o, -1)
-        for run in np.unique(ic[ok]).tolist():
-            iv = self._claimed.get(run)
-            if not iv:
+        hit = ic[ok]
+        if not self._claimed or not hit.size:
+            return out
+        lo, hi = int(hit.min()), int(hit.max())
+        for run, iv in self._claimed.items():
+            if not (lo <= run <= hi and iv):
                 continue
             sel = np.flatnonzero(ok & (ic == run))
             k = off[sel] >> o[sel]
@@ -397,9 +410,9 @@ class Kho:
         for pa, o, n in zip(walk.pa.tolist(), walk.order.tolist(), walk.count.tolist()):
             size = PAGE_SIZE << o
             if pa + n * size > mem:  # the first block beyond RAM stops the walk
-                k = 0 if pa + size > mem else (mem - pa) // size
+                nb = 0 if pa + size > mem else (mem - pa) // size
                 error = DecodeError("kho radix tree", 0, "bitmap",
-                                    f"block {pa + k * size:#x} order {o} beyond RAM",
+                                    f"block {pa + nb * size:#x} order {o} beyond RAM",
                                     kind="bad-value")
                 break
         if error is not None:
@@ -736,8 +749,9 @@ class Kho:
             # every page carries an order-0 magic: claim them all at once
             self.kernel.machine.faults.hit_many(FP_RESTORE, len(pages), "vmalloc")
             self.in_magic.claim_many(pfns)
+            for first, n in contiguous_runs(pfns):
+                self.kernel.mm.adopt_run(first << PAGE_SHIFT, 0, n)
             for pa in pages:
-                self.kernel.mm.adopt(pa, 0)
                 out += self.mem.read(pa, PAGE_SIZE)
             pages = []
         for pa in pages:

@@ -51,6 +51,7 @@ from luosim.abi.memfd import (
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, PhysicalMemory, derive_seed
+from luosim.kernel.kho import contiguous_runs
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.vfs import File, check_alive
 
@@ -493,9 +494,11 @@ class MemfdLuoHandler(FileHandler):
         data = k.kho.restore_vmalloc(ser.folios.encode())
         if data is None:
             raise KernelError(errno.EINVAL, "cannot restore the memfd folio array")
-        for pa in data_pages:  # vfree() of the restored area
-            if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None:
-                k.mm.free_pages(pa)
+        # vfree() of the restored area, by runs of pages
+        live = [pa >> PAGE_SHIFT for pa in data_pages
+                if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None]
+        for first, n in contiguous_runs(np.array(live, dtype=np.int64)):
+            k.mm.free_run(first << PAGE_SHIFT, 0, n)
         try:
             pfn, _flags, index = decode_folio_arrays(data, ser.nr_folios)
         except DecodeError as exc:
