@@ -256,8 +256,17 @@ class DmaEngine:
         self._open = {}
 
     # -- one step ----------------------------------------------------------------
-    def tick(self, t0: int, t1: int) -> int:
-        """Issue the writes due in ``[t0, t1)``; return how many were issued."""
+    def route(self) -> tuple[tuple[int, int] | None, bool]:
+        """(segment, RequesterID) the function has now, and whether its DMA path
+        (BME up the hierarchy) is enabled: fixed while only DMA runs."""
+        pci = self.machine.pci
+        return pci.requester_id(self.func), pci.dma_path_enabled(self.func)
+
+    def tick(self, t0: int, t1: int,
+             route: tuple[tuple[int, int] | None, bool] | None = None) -> int:
+        """Issue the writes due in ``[t0, t1)``; return how many were issued.
+
+        ``route``: :meth:`route` computed by the caller for several steps."""
         ctl = self.controller
         if ctl is None:
             raise RuntimeError(f"{self.hw_id}: engine not added to a DmaController")
@@ -269,12 +278,11 @@ class DmaEngine:
             return 0
         seq0 = self.issued
         self.issued += due
-        pci = self.machine.pci
         batch = _Batch()
-        routed = pci.requester_id(self.func)
+        routed, enabled = route if route is not None else self.route()
         seg, rid = routed if routed is not None else (self.func.segment, None)
         lo, hi = self._span(seq0, due)
-        if not pci.dma_path_enabled(self.func):
+        if not enabled:
             batch.add((OUTCOME_BLOCKED_BME, seg, rid), self.iova_of(seq0), None, due, lo, hi)
         elif routed is None:
             batch.add((OUTCOME_UNROUTABLE, seg, None), self.iova_of(seq0), None, due, lo, hi)
@@ -475,6 +483,9 @@ class DmaController:
         clock = self.machine.clock
         issued = 0
         remaining = duration_ns
+        # nothing but DMA runs until we return, and DMA writes memory only: PCI
+        # routing and bus mastering stay as they are now
+        routes: dict[str, tuple[tuple[int, int] | None, bool]] = {}
         while remaining > 0:
             order = [e for _, e in sorted(self.engines.items()) if e.running]
             dt = min(step_ns, remaining) if order else remaining
@@ -482,7 +493,10 @@ class DmaController:
             t1 = clock.advance(dt)
             remaining -= dt
             for e in order:
-                issued += e.tick(t0, t1)
+                route = routes.get(e.hw_id)
+                if route is None:
+                    route = routes[e.hw_id] = e.route()
+                issued += e.tick(t0, t1, route)
         return issued
 
     def stop_all(self) -> None:
