@@ -765,11 +765,13 @@ class PageTableWriter:
             n = min(ENTRIES_PER_TABLE - first, (end - iova) >> 12)
             if self.superpages:  # stop at the next 2 MiB boundary that could go big
                 n = min(n, max(1, (big - iova % big) >> 12))
-            old = self.memory.read(table + PTE_SIZE * first, PTE_SIZE * n)
-            if any(v & (PTE_R | PTE_W) for v in struct.unpack(f"<{n}Q", old)):
+            old = np.frombuffer(self.memory.read(table + PTE_SIZE * first, PTE_SIZE * n),
+                                dtype="<u8")
+            if (old & np.uint64(PTE_R | PTE_W)).any():
                 raise PageTableError(f"iova range at {iova:#x} already mapped")
             flags = (PTE_R if read else 0) | (PTE_W if write else 0)
-            entries = struct.pack(f"<{n}Q", *((pa + (i << 12)) | flags for i in range(n)))
+            entries = ((np.uint64(pa) + (np.arange(n, dtype=np.uint64) << np.uint64(12)))
+                       | np.uint64(flags)).astype("<u8").tobytes()
             self.memory.write(table + PTE_SIZE * first, entries)
             iova += n << 12
             pa += n << 12
