@@ -54,13 +54,6 @@ class RadixWalk:
                 for k in range(n)]
 
 
-def keys_of(pfn: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``kho_radix_encode_key()`` of arrays of (pfn, order), int64."""
-    o = order.astype(np.int64)
-    return (np.left_shift(np.int64(1), KHO_ORDER_0_LOG2 - o)
-            | np.right_shift(pfn.astype(np.int64), o))
-
-
 def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``kho_radix_decode_key()`` of int64 keys in [1, 2**53): (pa uint64, order int64)."""
     _m, exp = np.frexp(keys.astype(np.float64))  # exact: keys < 2**53

@@ -736,6 +736,7 @@ class PageTableWriter:
             raise PageTableError("a mapping needs R or W")
         big = 1 << level_shift(2)
         end = iova + size
+        l2: tuple[int, int] | None = None  # (iova >> 30, its level-2 table)
         while iova < end:
             if (self.superpages and iova % big == 0 and pa % big == 0
                     and end - iova >= big):
@@ -759,7 +760,13 @@ class PageTableWriter:
                 iova += n * big
                 pa += n * big
                 continue
-            table = self._table_for(root_pa, iova, 1, True)
+            # the level-2 table is the same for 1 GiB of iova: walk down to it once
+            gib = iova >> level_shift(3)
+            if l2 is None or l2[0] != gib:
+                l2_table = self._table_for(root_pa, iova, 2, True)
+                assert l2_table is not None
+                l2 = (gib, l2_table)
+            table = self._next(l2[1], iova, 2, True)
             assert table is not None
             first = level_index(iova, 1)
             n = min(ENTRIES_PER_TABLE - first, (end - iova) >> 12)

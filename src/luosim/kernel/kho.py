@@ -1,7 +1,8 @@
 """Kexec HandOver: models kernel/liveupdate/kexec_handover.c.
 
-Outgoing side: preserved memory is tracked per (pfn, order) as the radix
-tree does; at kexec the tree is written into freshly allocated pages in the
+Outgoing side: preserved memory is tracked as (pfn, order) blocks, the
+radix tree's content, held as runs of contiguous blocks so a TiB of folios
+costs O(runs); at kexec the tree is written into freshly allocated pages in the
 kernel's exact format (``kho-v2``), the root FDT is placed in a preserved
 page, and ``kho_data`` (the x86 setup_data) is handed to the machine.
 
@@ -295,6 +296,38 @@ class IncomingBlocks:
         self._nclaimed += b - a
         self._claimed_pages += (b - a) << int(self.order[i])
 
+    def live_prefix(self, pfn: int, order: int, n: int) -> int:
+        """How many of the blocks ``pfn + k << order`` (k < n), from the first,
+        carry a magic of ``order``: O(runs crossed), not O(n)."""
+        done = 0
+        while done < n:
+            hit = self._locate(pfn + (done << order))
+            if hit is None or int(self.order[hit[0]]) != order:
+                return done
+            i, k = hit
+            avail = min(n - done, int(self.count[i]) - k)
+            for a, b in self._claimed.get(i, []):
+                if b > k:
+                    if a <= k:
+                        return done
+                    avail = min(avail, a - k)
+                    break
+            done += avail
+            if k + avail < int(self.count[i]):
+                return done
+        return done
+
+    def claim_blocks(self, pfn: int, order: int, n: int) -> None:
+        """Claim ``n`` blocks of ``order`` from ``pfn`` (all live: see live_prefix)."""
+        done = 0
+        while done < n:
+            hit = self._locate(pfn + (done << order))
+            assert hit is not None
+            i, k = hit
+            take = min(n - done, int(self.count[i]) - k)
+            self._claim_range(i, k, k + take)
+            done += take
+
     def claim(self, pfn: int) -> None:
         hit = self._locate(pfn)
         if hit is not None and not self._is_claimed(*hit):
@@ -470,12 +503,10 @@ class Kho:
                 if self._restore_page(pa + i * size) != order:
                     return i
             return count
-        pfns = (pa >> PAGE_SHIFT) + (np.arange(count, dtype=np.int64) << order)
-        bad = np.flatnonzero(self.in_magic.lookup(pfns) != order)
-        ok = int(bad[0]) if bad.size else count
+        ok = self.in_magic.live_prefix(pa >> PAGE_SHIFT, order, count)
         k.machine.faults.hit_many(FP_RESTORE, min(count, ok + 1), f"{pa:#x}")
         if ok:
-            self.in_magic.claim_many(pfns[:ok])
+            self.in_magic.claim_blocks(pa >> PAGE_SHIFT, order, ok)
             k.mm.adopt_run(pa, order, ok)
         if ok < count:
             bad_pa = pa + ok * size
@@ -630,7 +661,13 @@ class Kho:
     def _preserve_vmalloc_bulk(self, data: bytes, nr: int, groups: int) -> bytes | None:
         """:meth:`preserve_vmalloc` by runs of pages: the same pages, bytes, blocks
         and fault occurrences; None (nothing done) when it must go page by page
-        (a planned fault, not enough memory for all at once)."""
+        (a planned fault, not enough memory for all at once).
+
+        Chunk layout per torvalds/linux c17ee635fd3a
+        include/linux/kho/abi/kexec_handover.h: one page per
+        ``kho_vmalloc_chunk``, ``hdr.next`` then a zero-terminated
+        ``phys[KHO_VMALLOC_SIZE]`` (511 entries).
+        """
         k = self.kernel
         if k.machine.faults.pending(FP_PRESERVE, nr + groups):
             return None

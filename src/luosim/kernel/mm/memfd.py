@@ -4,24 +4,25 @@ A :class:`MemfdFile` is a shmem file without links: its content lives in
 folios (``index`` = page offset of the folio's head, ``pa``, ``order``)
 allocated from the kernel's page allocator, naturally aligned, of the
 file's folio order (0 for small pages, up to 9 for PMD-sized THP; an 8 GiB
-memfd of order 9 is 4096 folios).  Byte content goes through
+memfd of order 9 is 4096 folios).  The file keeps them as runs of folios
+contiguous in the file and in physical memory, so every operation costs per
+run, not per folio.  Byte content goes through
 :meth:`MemfdFile.write`/:meth:`read`; bulk synthetic content through
-:meth:`fill` (whole folios, :meth:`PhysicalMemory.fill_folio`), compared with
-:meth:`fingerprint`.
+:meth:`fill` (whole folios, one extent per run:
+:meth:`PhysicalMemory.fill_run`), compared with :meth:`fingerprint`.
 
 :class:`MemfdLuoHandler` is the LUO file handler (spec luo.md §5.3):
 ``memfd-v1`` on luo-v1 profiles, ``memfd-v2`` (with seals) on luo-v5.
 Everything it hands over is in physical memory: the ``memfd_luo_ser``
 record (``kho_alloc_preserve``), the folio array (``kho_preserve_vmalloc``)
-and the folios themselves (``kho_preserve_folio``); the next kernel
-rebuilds the file from those bytes alone.
+and the folios themselves (``kho_preserve_folio``, per run); the next
+kernel rebuilds the file from those bytes alone.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from luosim.abi.memfd import (
 )
 from luosim.errors import KernelError
 from luosim.faults import point
-from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, PhysicalMemory, derive_seed
+from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, derive_seed
 from luosim.kernel.kho import contiguous_runs
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.vfs import File, check_alive
@@ -68,14 +69,6 @@ MAX_MEMFD_FOLIO_ORDER = 9
 UINT_MAX = (1 << 32) - 1
 _MASK64 = (1 << 64) - 1
 _SEALS_KNOWN = MEMFD_LUO_ALL_SEALS
-
-
-@functools.cache
-def zero_folio_fingerprint(order: int) -> int:
-    """Fingerprint of a freshly allocated (zero) folio of ``order``."""
-    mem = PhysicalMemory(PAGE_SIZE << order)
-    mem.fill_folio(0, order, ZERO_SEED)
-    return mem.folio_fingerprint(0, order)
 
 
 def folio_seed(seed: int, index: int) -> int:
@@ -515,11 +508,18 @@ class MemfdLuoHandler(FileHandler):
         kho = self.kernel.kho
         restored = 0
         runs: list[tuple[int, int, int, int]] = []
-        for i0, n, order in recs.runs(kho.in_magic.lookup(recs.pfn), start):
+        groups = list(recs.runs(start))
+        while groups:
+            i0, n = groups.pop(0)
             pa = int(recs.pfn[i0]) << PAGE_SHIFT
-            if order < 0:  # no magic: kho_restore_folio() warns and fails
+            order = kho.in_magic.get(pa >> PAGE_SHIFT)
+            if order is None:  # no magic: kho_restore_folio() warns and fails
                 kho.restore_folio(pa)
                 return restored, runs
+            if n > 1 and int(recs.pfn[i0 + 1] - recs.pfn[i0]) != 1 << order:
+                # records that do not step by this folio's size: one at a time
+                groups[:0] = [(i0 + j, 1) for j in range(1, n)]
+                n = 1
             got = kho.restore_folio_run(pa, order, n)
             if got:
                 runs.append((int(recs.index[i0]), pa, order, got))
@@ -614,22 +614,22 @@ class _Recs:
     def __len__(self) -> int:
         return int(self.pfn.size)
 
-    def runs(self, orders: np.ndarray, start: int) -> Iterator[tuple[int, int, int]]:
-        """(first record, records, order) from ``start``: records whose folios
-        follow on in memory and in the file with one order (-1: no magic)."""
+    def runs(self, start: int) -> Iterator[tuple[int, int]]:
+        """(first record, records) from ``start``: records whose folios follow on
+        in memory and in the file by one constant step."""
         n = len(self)
         if start >= n:
             return
-        o = orders[start:]
-        pfn, index = self.pfn[start:], self.index[start:]
-        step = np.left_shift(np.int64(1), np.maximum(o[:-1], 0))
-        cont = ((o[1:] == o[:-1]) & (o[:-1] >= 0) & (pfn[1:] == pfn[:-1] + step)
-                & (index[1:] == index[:-1] + step))
+        dp = np.diff(self.pfn[start:])
+        di = np.diff(self.index[start:])
+        same = np.ones(dp.size, dtype=bool)
+        same[1:] = dp[1:] == dp[:-1]
+        cont = (dp == di) & (dp > 0) & same
         breaks = np.flatnonzero(~cont) + 1
         firsts = np.concatenate(([0], breaks))
         lasts = np.concatenate((breaks, [n - start]))
         for a, b in zip(firsts.tolist(), lasts.tolist()):
-            yield start + a, b - a, int(o[a])
+            yield start + a, b - a
 
 
 class MemfdSubsystem:
