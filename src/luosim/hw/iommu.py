@@ -639,10 +639,11 @@ class IommuHardware:
         if root % PAGE_SIZE or root + PAGE_SIZE > self.memory.size:
             return {}
         raw = self.memory.read(self._root_slot(unit, 0), PAGE_SIZE)
+        lo = np.frombuffer(raw, dtype="<u8")[::2]  # the low words hold P and CTP
         out: dict[int, int] = {}
-        for bus in range(NR_BUSES):
+        for bus in np.flatnonzero(lo & np.uint64(ENTRY_PRESENT)).tolist():
             e = RootEntry.decode(raw[bus * ROOT_ENTRY_SIZE:(bus + 1) * ROOT_ENTRY_SIZE])
-            if e.present and e.context_table + PAGE_SIZE <= self.memory.size:
+            if e.context_table + PAGE_SIZE <= self.memory.size:
                 out[bus] = e.context_table
         return out
 
@@ -650,11 +651,10 @@ class IommuHardware:
         """(bus, devfn, entry) of every present context entry (invariant 7 checks)."""
         for bus, ct in self.context_tables(unit).items():
             raw = self.memory.read(ct, PAGE_SIZE)
-            for devfn in range(NR_DEVFNS):
+            lo = np.frombuffer(raw, dtype="<u8")[::2]  # the low words hold P
+            for devfn in np.flatnonzero(lo & np.uint64(ENTRY_PRESENT)).tolist():
                 off = devfn * CONTEXT_ENTRY_SIZE
-                e = ContextEntry.decode(raw[off:off + CONTEXT_ENTRY_SIZE])
-                if e.present:
-                    yield bus, devfn, e
+                yield bus, devfn, ContextEntry.decode(raw[off:off + CONTEXT_ENTRY_SIZE])
 
     def reset(self) -> None:
         """Power-on reset of every unit (cold boot, not kexec)."""
