@@ -65,8 +65,8 @@ def test_use_after_free_of_incoming_pci_ser_breaks_pci3() -> None:
 def test_memory_overwritten_during_the_jump_breaks_kho1() -> None:
     def clobber(r: Run) -> None:
         # a stray write into the middle of preserved guest RAM before the new kernel runs
-        _idx, pa, _order = r.ctx.ram_layout["vm0"][5]
-        r.machine.memory.write(pa + 100, b"stray")
+        _idx, pa, order, _n = r.ctx.ram_layout["vm0"][0]  # runs of folios
+        r.machine.memory.write(pa + (5 << (order + 12)) + 100, b"stray")
     res = run_with_jump_hook("reference-host.yaml", clobber)
     assert "KHO-1" in broken(res)
 

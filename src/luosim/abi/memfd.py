@@ -17,7 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
+import numpy as np
+
+from luosim.abi.block import check_uint
 from luosim.abi.cdecl import CStruct, codec, declare
+from luosim.abi.errors import DecodeError
 
 KHO_H = "torvalds/linux@c17ee635 include/linux/kho/abi/kexec_handover.h"
 KHO_C = "torvalds/linux@c17ee635 kernel/liveupdate/kexec_handover.c"
@@ -26,6 +30,7 @@ MEMFD_H_V2 = ("include/linux/kho/abi/memfd.h, memfd-v2 revision with seals and f
               "spec luo.md §5.3; layout checked against a stored copy of that header)")
 
 PAGE_SIZE = 4096
+PAGE_SHIFT = 12
 
 MEMFD_LUO_FH_COMPATIBLE_V1 = "memfd-v1"
 MEMFD_LUO_FH_COMPATIBLE_V2 = "memfd-v2"
@@ -187,3 +192,42 @@ def decode_folio_array(buf: bytes, nr_folios: int,
                        what: str = "memfd folio array") -> list[MemfdLuoFolioSer]:
     """``nr_folios`` records from the start of ``buf`` (``truncated`` if it is too short)."""
     return MemfdLuoFolioSer.decode_array(buf, nr_folios, what)
+
+
+# -- bulk paths (numpy) ---------------------------------------------------------
+#: ``struct memfd_luo_folio_ser`` as a numpy dtype: packed, 16 bytes, the
+#: pfn:52/flags:12 word at 0 and ``index`` at 8 (see MemfdLuoFolioSer).
+FOLIO_SER_DTYPE = np.dtype([("pfn_flags", "<u8"), ("index", "<u8")])
+assert FOLIO_SER_DTYPE.itemsize == MemfdLuoFolioSer.SIZE
+
+
+def encode_folio_runs(runs: Sequence[tuple[int, int, int, int]], flags: int) -> bytes:
+    """The folio array of runs (index, pa, order, count), as :func:`encode_folio_array`
+    of one record per folio would encode it (``flags`` on every record)."""
+    check_uint("memfd_luo_folio_ser.flags", flags, FOLIO_FLAG_BITS)
+    total = sum(r[3] for r in runs)
+    out = np.empty(total, dtype=FOLIO_SER_DTYPE)
+    pos = 0
+    for index, pa, order, count in runs:
+        k = np.arange(count, dtype=np.uint64) << np.uint64(order)
+        pfn = np.uint64(pa >> PAGE_SHIFT) + k
+        if count and int(pfn[-1]) >> PFN_BITS:
+            raise ValueError(f"memfd_luo_folio_ser.pfn: {int(pfn[-1]):#x} exceeds {PFN_BITS} bits")
+        out["pfn_flags"][pos:pos + count] = pfn | np.uint64(flags << PFN_BITS)
+        out["index"][pos:pos + count] = np.uint64(index) + k
+        pos += count
+    return out.tobytes()
+
+
+def decode_folio_arrays(buf: bytes, nr_folios: int, what: str = "memfd folio array"
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`decode_folio_array` as arrays (pfn, flags, index), uint64."""
+    if nr_folios * MemfdLuoFolioSer.SIZE > len(buf):
+        raise DecodeError(what, len(buf) - len(buf) % MemfdLuoFolioSer.SIZE,
+                          "memfd_luo_folio_ser", f"{nr_folios} folios need "
+                          f"{nr_folios * MemfdLuoFolioSer.SIZE} bytes, have {len(buf)}",
+                          kind="truncated")
+    recs = np.frombuffer(buf, dtype=FOLIO_SER_DTYPE, count=nr_folios)
+    word = recs["pfn_flags"]
+    return (word & np.uint64((1 << PFN_BITS) - 1), word >> np.uint64(PFN_BITS),
+            recs["index"].copy())

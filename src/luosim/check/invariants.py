@@ -61,8 +61,8 @@ class CheckContext:
     preserved_bdfs: dict[str, str] = field(default_factory=dict)
     # VM RAM: name -> the first problem seen with its preserved content (KHO-1)
     ram_problems: dict[str, str] = field(default_factory=dict)
-    # VM RAM: name -> [(index, pa, order)] of the preserved folios
-    ram_layout: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    # VM RAM: name -> [(index, pa, order, count)] runs of the preserved folios
+    ram_layout: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     # physical pages each VM's RAM occupies, as sorted [start, end) pfn ranges
     ram_pfns: dict[str, PfnRanges] = field(default_factory=dict)
     device_vm: dict[str, str] = field(default_factory=dict)  # device name -> VM

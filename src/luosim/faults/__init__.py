@@ -141,6 +141,38 @@ class FaultInjector:
                 return f.effect
         return None
 
+    def pending(self, name: str, count: int) -> bool:
+        """Whether a planned fault fires within the next ``count`` hits of ``name``
+        (bulk paths then take the per-item path so the fault lands exactly)."""
+        n0 = self.reached[name]
+        return any(f.point == name and n0 < f.occurrence <= n0 + count for f in self.plan)
+
+    def hit_many(self, name: str, count: int, context: str = "") -> tuple[int, str] | None:
+        """``count`` consecutive :meth:`hit` of ``name`` from one call site, in bulk.
+
+        Returns (0-based position, effect) of the first planned fault among
+        them; the hits after it are not recorded (the caller stops there).
+        """
+        if name not in REGISTRY:
+            raise KeyError(f"undeclared fault point {name!r}")
+        if count <= 0:
+            return None
+        n0 = self.reached[name]
+        fire = min((f for f in self.plan if f.point == name and n0 < f.occurrence <= n0 + count),
+                   key=lambda f: f.occurrence, default=None)
+        n = n0 + count if fire is None else fire.occurrence
+        self.reached[name] = n
+        site = _call_site()
+        runs = self.sites.setdefault(name, [])
+        if runs and runs[-1][2] == site:
+            runs[-1][1] = n
+        else:
+            runs.append([n0 + 1, n, site])
+        if fire is None:
+            return None
+        self.fired.append((fire, context))
+        return fire.occurrence - n0 - 1, fire.effect
+
     def check(self, name: str, context: str = "") -> str | None:
         """Like :meth:`hit`, but raise ``KernelError`` for an errno effect.
 

@@ -46,6 +46,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from luosim.hw.clock import SimClock
 from luosim.hw.iommu import (
     REASON_PASSTHROUGH,
@@ -222,6 +224,8 @@ class DmaEngine:
         self.controller: DmaController | None = None
         self._open: dict[_Key, DmaRecord] = {}
         self._reported: set[tuple[str, int, int | None]] = set()  # one event per kind
+        self._memo: dict[int, Resolution] = {}  # page -> resolution, valid for _memo_key
+        self._memo_key: object = None
 
     @property
     def hw_id(self) -> str:
@@ -238,8 +242,10 @@ class DmaEngine:
         """Bytes of writes ``seq .. seq+n-1`` concatenated."""
         if self.write_size == PAGE_SIZE:
             return b"".join(pattern_page(self.pattern_seed, s) for s in range(seq, seq + n))
-        seed = self.pattern_seed
-        return struct.pack(f"<{n}Q", *(pattern_word(seed, s) for s in range(seq, seq + n)))
+        # pattern_word() for n writes at once: uint64 arithmetic wraps mod 2**64
+        base = np.uint64(((self.pattern_seed ^ 0x5DEECE66D) * 0x9E3779B97F4A7C15) & _MASK64)
+        seqs = np.arange(seq, seq + n, dtype=np.uint64)
+        return (base + seqs * np.uint64(0xBF58476D1CE4E5B9)).astype("<u8").tobytes()
 
     def start(self) -> None:
         self.running = True
@@ -250,8 +256,17 @@ class DmaEngine:
         self._open = {}
 
     # -- one step ----------------------------------------------------------------
-    def tick(self, t0: int, t1: int) -> int:
-        """Issue the writes due in ``[t0, t1)``; return how many were issued."""
+    def route(self) -> tuple[tuple[int, int] | None, bool]:
+        """(segment, RequesterID) the function has now, and whether its DMA path
+        (BME up the hierarchy) is enabled: fixed while only DMA runs."""
+        pci = self.machine.pci
+        return pci.requester_id(self.func), pci.dma_path_enabled(self.func)
+
+    def tick(self, t0: int, t1: int,
+             route: tuple[tuple[int, int] | None, bool] | None = None) -> int:
+        """Issue the writes due in ``[t0, t1)``; return how many were issued.
+
+        ``route``: :meth:`route` computed by the caller for several steps."""
         ctl = self.controller
         if ctl is None:
             raise RuntimeError(f"{self.hw_id}: engine not added to a DmaController")
@@ -263,12 +278,11 @@ class DmaEngine:
             return 0
         seq0 = self.issued
         self.issued += due
-        pci = self.machine.pci
         batch = _Batch()
-        routed = pci.requester_id(self.func)
+        routed, enabled = route if route is not None else self.route()
         seg, rid = routed if routed is not None else (self.func.segment, None)
         lo, hi = self._span(seq0, due)
-        if not pci.dma_path_enabled(self.func):
+        if not enabled:
             batch.add((OUTCOME_BLOCKED_BME, seg, rid), self.iova_of(seq0), None, due, lo, hi)
         elif routed is None:
             batch.add((OUTCOME_UNROUTABLE, seg, None), self.iova_of(seq0), None, due, lo, hi)
@@ -287,7 +301,22 @@ class DmaEngine:
         return (a, b) if a < b else (self.iova_base, self.iova_base + self.length)
 
     def _resolve(self, seg: int, rid: int, page: int) -> Resolution:
-        return self.machine.iommu.resolve(seg, rid, page, True, PAGE_SIZE)
+        """``resolve()`` of one page, remembered across steps while nothing it
+        depends on changed: the unit's registers, and (``watch_gen``) the
+        table pages the walk read - resolve() has no other inputs."""
+        mem = self.machine.memory
+        unit = self.machine.iommu.unit_for_segment(seg)
+        key = (mem.watch_gen, seg, rid, None if unit is None else
+               (unit.rtaddr, unit.root_table_set, unit.translation_enabled))
+        if key != self._memo_key:
+            self._memo = {}
+            self._memo_key = key
+        res = self._memo.get(page)
+        if res is None:
+            res = self.machine.iommu.resolve(seg, rid, page, True, PAGE_SIZE)
+            mem.watch(t >> 12 for t in res.tables)
+            self._memo[page] = res
+        return res
 
     @staticmethod
     def _outcome(res: Resolution) -> str:
@@ -454,6 +483,9 @@ class DmaController:
         clock = self.machine.clock
         issued = 0
         remaining = duration_ns
+        # nothing but DMA runs until we return, and DMA writes memory only: PCI
+        # routing and bus mastering stay as they are now
+        routes: dict[str, tuple[tuple[int, int] | None, bool]] = {}
         while remaining > 0:
             order = [e for _, e in sorted(self.engines.items()) if e.running]
             dt = min(step_ns, remaining) if order else remaining
@@ -461,7 +493,10 @@ class DmaController:
             t1 = clock.advance(dt)
             remaining -= dt
             for e in order:
-                issued += e.tick(t0, t1)
+                route = routes.get(e.hw_id)
+                if route is None:
+                    route = routes[e.hw_id] = e.route()
+                issued += e.tick(t0, t1, route)
         return issued
 
     def stop_all(self) -> None:

@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from luosim.hw.clock import SimClock
 from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
 
@@ -637,10 +639,11 @@ class IommuHardware:
         if root % PAGE_SIZE or root + PAGE_SIZE > self.memory.size:
             return {}
         raw = self.memory.read(self._root_slot(unit, 0), PAGE_SIZE)
+        lo = np.frombuffer(raw, dtype="<u8")[::2]  # the low words hold P and CTP
         out: dict[int, int] = {}
-        for bus in range(NR_BUSES):
+        for bus in np.flatnonzero(lo & np.uint64(ENTRY_PRESENT)).tolist():
             e = RootEntry.decode(raw[bus * ROOT_ENTRY_SIZE:(bus + 1) * ROOT_ENTRY_SIZE])
-            if e.present and e.context_table + PAGE_SIZE <= self.memory.size:
+            if e.context_table + PAGE_SIZE <= self.memory.size:
                 out[bus] = e.context_table
         return out
 
@@ -648,11 +651,10 @@ class IommuHardware:
         """(bus, devfn, entry) of every present context entry (invariant 7 checks)."""
         for bus, ct in self.context_tables(unit).items():
             raw = self.memory.read(ct, PAGE_SIZE)
-            for devfn in range(NR_DEVFNS):
+            lo = np.frombuffer(raw, dtype="<u8")[::2]  # the low words hold P
+            for devfn in np.flatnonzero(lo & np.uint64(ENTRY_PRESENT)).tolist():
                 off = devfn * CONTEXT_ENTRY_SIZE
-                e = ContextEntry.decode(raw[off:off + CONTEXT_ENTRY_SIZE])
-                if e.present:
-                    yield bus, devfn, e
+                yield bus, devfn, ContextEntry.decode(raw[off:off + CONTEXT_ENTRY_SIZE])
 
     def reset(self) -> None:
         """Power-on reset of every unit (cold boot, not kexec)."""
@@ -734,30 +736,49 @@ class PageTableWriter:
             raise PageTableError("a mapping needs R or W")
         big = 1 << level_shift(2)
         end = iova + size
+        l2: tuple[int, int] | None = None  # (iova >> 30, its level-2 table)
         while iova < end:
             if (self.superpages and iova % big == 0 and pa % big == 0
                     and end - iova >= big):
+                # every 2 MiB leaf left in this level-2 table in one write
                 table = self._table_for(root_pa, iova, 2, True)
                 assert table is not None
-                slot = table + PTE_SIZE * level_index(iova, 2)
-                if self.memory.read_u64(slot) & (PTE_R | PTE_W):
-                    raise PageTableError(f"iova {iova:#x} already mapped")
-                self.memory.write_u64(slot, encode_pte(pa, read=read, write=write,
-                                                       superpage=True))
-                iova += big
-                pa += big
+                first = level_index(iova, 2)
+                n = min(ENTRIES_PER_TABLE - first, (end - iova) // big)
+                encode_pte(pa + (n - 1) * big)  # the whole run is addressable
+                slot = table + PTE_SIZE * first
+                cur = np.frombuffer(self.memory.read(slot, PTE_SIZE * n), dtype="<u8")
+                busy = np.flatnonzero(cur & (PTE_R | PTE_W))
+                good = int(busy[0]) if busy.size else n
+                flags = (PTE_R if read else 0) | (PTE_W if write else 0) | PTE_PS
+                ptes = (np.uint64(pa) + np.arange(good, dtype=np.uint64) * np.uint64(big)
+                        ) | np.uint64(flags)
+                if good:
+                    self.memory.write(slot, ptes.astype("<u8").tobytes())
+                if busy.size:
+                    raise PageTableError(f"iova {iova + good * big:#x} already mapped")
+                iova += n * big
+                pa += n * big
                 continue
-            table = self._table_for(root_pa, iova, 1, True)
+            # the level-2 table is the same for 1 GiB of iova: walk down to it once
+            gib = iova >> level_shift(3)
+            if l2 is None or l2[0] != gib:
+                l2_table = self._table_for(root_pa, iova, 2, True)
+                assert l2_table is not None
+                l2 = (gib, l2_table)
+            table = self._next(l2[1], iova, 2, True)
             assert table is not None
             first = level_index(iova, 1)
             n = min(ENTRIES_PER_TABLE - first, (end - iova) >> 12)
             if self.superpages:  # stop at the next 2 MiB boundary that could go big
                 n = min(n, max(1, (big - iova % big) >> 12))
-            old = self.memory.read(table + PTE_SIZE * first, PTE_SIZE * n)
-            if any(v & (PTE_R | PTE_W) for v in struct.unpack(f"<{n}Q", old)):
+            old = np.frombuffer(self.memory.read(table + PTE_SIZE * first, PTE_SIZE * n),
+                                dtype="<u8")
+            if (old & np.uint64(PTE_R | PTE_W)).any():
                 raise PageTableError(f"iova range at {iova:#x} already mapped")
             flags = (PTE_R if read else 0) | (PTE_W if write else 0)
-            entries = struct.pack(f"<{n}Q", *((pa + (i << 12)) | flags for i in range(n)))
+            entries = ((np.uint64(pa) + (np.arange(n, dtype=np.uint64) << np.uint64(12)))
+                       | np.uint64(flags)).astype("<u8").tobytes()
             self.memory.write(table + PTE_SIZE * first, entries)
             iova += n << 12
             pa += n << 12
@@ -809,9 +830,13 @@ class PageTableWriter:
             out.append(table)
             if level == 1:
                 return
-            for pte in self._entries(table):
-                if pte & (PTE_R | PTE_W) and not (pte & PTE_PS and level in (2, 3)):
-                    visit(pte & PTE_ADDR_MASK, level - 1)
+            self._check_table(table)
+            ptes = np.frombuffer(self.memory.read(table, PAGE_SIZE), dtype="<u8")
+            present = (ptes & np.uint64(PTE_R | PTE_W)) != 0
+            if level in (2, 3):  # superpage leaves point at memory, not tables
+                present &= (ptes & np.uint64(PTE_PS)) == 0
+            for child in (ptes[present] & np.uint64(PTE_ADDR_MASK)).tolist():
+                visit(child, level - 1)
 
         visit(root_pa, self.levels)
         return out

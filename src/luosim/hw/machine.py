@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from luosim.abi.errors import DecodeError
-from luosim.abi.kho import KhoData, KhoScratch, decode_root_fdt, walk_radix_tree
+from luosim.abi.kho import KhoData, KhoScratch, decode_root_fdt
+from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.faults import Fault, FaultInjector
 from luosim.hw.clock import SimClock
 from luosim.hw.iommu import IommuHardware
@@ -150,15 +151,19 @@ class Machine:
                 keep.append((kd.fdt_addr, max(kd.fdt_size, 1)))
                 keep.append((kd.scratch_addr, max(kd.scratch_size, 1)))
                 root = decode_root_fdt(self.memory.read(kd.fdt_addr, kd.fdt_size))
-                nodes: list[int] = []
-                for pa, order in walk_radix_tree(
-                        lambda pa: self.memory.read(pa, PAGE_SIZE), root.mem_map_pa,
-                        self.memory.size, on_node=nodes.append):
-                    size = PAGE_SIZE << order
-                    if pa >= 0 and pa + size <= self.memory.size:
-                        keep.append((pa, size))
-                        preserved_pages += 1 << order
-                keep.extend((n, PAGE_SIZE) for n in nodes)
+                walk = walk_radix_arrays(lambda pa: self.memory.read(pa, PAGE_SIZE),
+                                         root.mem_map_pa, self.memory.size)
+                # runs of blocks: keep the blocks that lie inside RAM
+                mem = self.memory.size
+                size = [PAGE_SIZE << o for o in walk.order.tolist()]
+                for pa, sz, n in zip(walk.pa.tolist(), size, walk.count.tolist()):
+                    n_in = max(0, min(n, (mem - pa) // sz)) if pa < mem else 0
+                    if n_in:
+                        keep.append((pa, n_in * sz))
+                        preserved_pages += (n_in * sz) >> 12
+                if walk.error is not None:
+                    raise walk.error
+                keep.extend((n, PAGE_SIZE) for n in walk.nodes)
             except (DecodeError, ValueError) as exc:
                 # the next kernel will find the same corruption and classify it
                 self.emit("machine", "kexec", "handover-unreadable", str(exc), "warn")

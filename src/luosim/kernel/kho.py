@@ -1,10 +1,11 @@
 """Kexec HandOver: models kernel/liveupdate/kexec_handover.c.
 
-Outgoing side: preserved memory is tracked per (pfn, order) as the radix
-tree does; at kexec the tree is written into freshly allocated pages in the
+Outgoing side: preserved memory is tracked as (pfn, order) blocks, the
+radix tree's content, held as runs of contiguous blocks so a TiB of folios
+costs O(runs); at kexec the tree is written into freshly allocated pages in the
 kernel's exact format, the root FDT of the profile's version (``kho-v2``, or
-``kho-v3``/``kho-v4`` with a ``blob-size`` per subnode) is placed in a
-preserved page, and ``kho_data`` (the x86 setup_data) is handed to the machine.
+``kho-v3``/``kho-v4`` with a ``blob-size`` per subnode) is placed in a preserved
+page, and ``kho_data`` (the x86 setup_data) is handed to the machine.
 
 Incoming side: ``early_init`` reads ``kho_data`` from the boot parameters,
 validates the root FDT (a mismatch means "not a KHO boot", as
@@ -21,11 +22,14 @@ include/linux/kho/abi/kexec_metadata.h it reads the incoming
 
 from __future__ import annotations
 
+import bisect
 import errno
 import struct
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from luosim.abi.errors import DecodeError
 from luosim.abi.kexec_metadata import (
@@ -38,18 +42,16 @@ from luosim.abi.kexec_metadata import SIZE as KEXEC_METADATA_SIZE
 from luosim.abi.kho import (
     KHO_BITMAP_SIZE_LOG2,
     KHO_BLOB_SIZE_VERSIONS,
+    KHO_ORDER_0_LOG2,
     KHO_TREE_MAX_DEPTH,
     MAX_PAGE_ORDER,
     KhoData,
     KhoScratch,
     Subtree,
-    bitmap_index,
     decode_root_fdt,
-    encode_key,
     encode_root_fdt,
-    table_index,
-    walk_radix_tree,
 )
+from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
@@ -89,6 +91,332 @@ def blocks(pfn: int, end_pfn: int) -> Iterator[tuple[int, int]]:
         pfn += 1 << order
 
 
+def contiguous_runs(pfns: np.ndarray) -> list[tuple[int, int]]:
+    """(first pfn, pages) of the runs of consecutive pfns, in order."""
+    if not pfns.size:
+        return []
+    brk = np.flatnonzero(pfns[1:] != pfns[:-1] + 1) + 1
+    firsts = np.concatenate(([0], brk))
+    lasts = np.concatenate((brk, [pfns.size]))
+    return [(int(pfns[a]), int(b - a)) for a, b in zip(firsts.tolist(), lasts.tolist())]
+
+
+class PreservedBlocks:
+    """The outgoing radix tree's content: (pfn, order) blocks, with their owner.
+
+    Single blocks in a dict, runs of contiguous blocks of one order (a memfd's
+    folios) as ``[start, count, owner]`` per order, so preserving a TiB of
+    folios costs O(runs).  Iterates, compares and tests membership like the
+    ``set[tuple[int, int]]`` it replaces.
+    """
+
+    def __init__(self) -> None:
+        self._single: dict[tuple[int, int], str] = {}
+        self._starts: dict[int, list[int]] = {}  # order -> sorted run starts
+        self._runs: dict[int, list[list[Any]]] = {}  # order -> [[start, count, owner]]
+        self._len = 0
+
+    def _run_index(self, pfn: int, order: int) -> int | None:
+        starts = self._starts.get(order)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, pfn) - 1
+        if i < 0:
+            return None
+        start, count, _owner = self._runs[order][i]
+        off = pfn - start
+        if off >= count << order or off & ((1 << order) - 1):
+            return None
+        return i
+
+    def __contains__(self, key: object) -> bool:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            return False
+        pfn, order = key
+        return key in self._single or self._run_index(pfn, order) is not None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        yield from self._single
+        for order, runs in self._runs.items():
+            for start, count, _owner in runs:
+                for k in range(count):
+                    yield start + (k << order), order
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PreservedBlocks):
+            other = set(other)
+        if isinstance(other, (set, frozenset)):
+            return len(self) == len(other) and all(key in self for key in other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def add(self, key: tuple[int, int], owner: str = "?") -> None:
+        if key not in self:
+            self._single[key] = owner
+            self._len += 1
+
+    def add_run(self, start: int, order: int, count: int, owner: str) -> None:
+        """``count`` blocks of ``order`` from pfn ``start``, none preserved yet."""
+        if count <= 0:
+            return
+        starts = self._starts.setdefault(order, [])
+        runs = self._runs.setdefault(order, [])
+        i = bisect.bisect_left(starts, start)
+        starts.insert(i, start)
+        runs.insert(i, [start, count, owner])
+        self._len += count
+
+    def discard(self, key: tuple[int, int]) -> None:
+        if self._single.pop(key, None) is not None:
+            self._len -= 1
+            return
+        self.remove_run(key[0], key[1], 1)
+
+    def remove_run(self, start: int, order: int, count: int) -> int:
+        """Remove blocks ``start + k << order`` (k < count) held in runs; return how many."""
+        removed = 0
+        pfn, end = start, start + (count << order)
+        while pfn < end:
+            i = self._run_index(pfn, order)
+            if i is None:
+                if self._single.pop((pfn, order), None) is not None:
+                    self._len -= 1
+                    removed += 1
+                pfn += 1 << order
+                continue
+            rs, rc, owner = self._runs[order][i]
+            k0 = (pfn - rs) >> order
+            k1 = min(rc, k0 + ((end - pfn) >> order))
+            parts = [[rs, k0, owner], [rs + (k1 << order), rc - k1, owner]]
+            parts = [q for q in parts if q[1] > 0]
+            self._starts[order][i:i + 1] = [q[0] for q in parts]
+            self._runs[order][i:i + 1] = parts
+            self._len -= k1 - k0
+            removed += k1 - k0
+            pfn = rs + (k1 << order)
+        return removed
+
+    def set_owner(self, key: tuple[int, int], owner: str) -> None:
+        """Relabel one preserved block (a run is split around it)."""
+        if key in self._single:
+            self._single[key] = owner
+            return
+        if key not in self:
+            raise KeyError(key)
+        self._del(*key)
+        self.add(key, owner)
+
+    def owner(self, key: tuple[int, int], default: str = "?") -> str:
+        got = self._single.get(key)
+        if got is not None:
+            return got
+        i = self._run_index(*key)
+        return default if i is None else str(self._runs[key[1]][i][2])
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(start pfn, order, count) of every run, singles as runs of one, sorted."""
+        out = [(pfn, order, 1) for pfn, order in self._single]
+        for order, runs in self._runs.items():
+            out.extend((start, order, count) for start, count, _owner in runs)
+        out.sort()
+        return out
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pfn, order) int64 arrays of every block, sorted by (pfn, order)."""
+        pfns: list[np.ndarray] = [np.fromiter((k[0] for k in self._single), dtype=np.int64,
+                                              count=len(self._single))]
+        orders: list[np.ndarray] = [np.fromiter((k[1] for k in self._single), dtype=np.int64,
+                                                count=len(self._single))]
+        for order, runs in self._runs.items():
+            for start, count, _owner in runs:
+                pfns.append(start + (np.arange(count, dtype=np.int64) << order))
+                orders.append(np.full(count, order, dtype=np.int64))
+        pfn = np.concatenate(pfns)
+        order_arr = np.concatenate(orders)
+        # runs come sorted: a stable (tim)sort of the combined key is near linear
+        idx = np.argsort((pfn << 6) | order_arr, kind="stable")
+        return pfn[idx], order_arr[idx]
+
+
+class Owners:
+    """View ``(pfn, order) -> module`` of who preserved each block."""
+
+    def __init__(self, blocks: PreservedBlocks) -> None:
+        self._blocks = blocks
+
+    def get(self, key: tuple[int, int], default: str = "?") -> str:
+        return self._blocks.owner(key, default)
+
+    def __getitem__(self, key: tuple[int, int]) -> str:
+        if key not in self._blocks:
+            raise KeyError(key)
+        return self._blocks.owner(key)
+
+    def __setitem__(self, key: tuple[int, int], owner: str) -> None:
+        self._blocks.set_owner(key, owner)
+
+    def copy(self) -> Owners:
+        """A snapshot that stays valid after the preserving kernel is gone."""
+        snap = PreservedBlocks()
+        snap._single = dict(self._blocks._single)
+        snap._starts = {o: list(v) for o, v in self._blocks._starts.items()}
+        snap._runs = {o: [list(r) for r in v] for o, v in self._blocks._runs.items()}
+        snap._len = len(self._blocks)
+        return Owners(snap)
+
+
+class IncomingBlocks:
+    """``kho_in``: head pfn -> order of every block with KHO_PAGE_MAGIC set.
+
+    Runs of blocks as the radix walk found them (sorted by pfn; ``count``
+    blocks of ``order`` from ``pfn``), with the blocks restored so far as
+    intervals of block numbers per run: restoring consumes the magic.
+    """
+
+    def __init__(self, pfn: np.ndarray | None = None, order: np.ndarray | None = None,
+                 count: np.ndarray | None = None) -> None:
+        self.pfn = np.zeros(0, dtype=np.int64) if pfn is None else pfn
+        self.order = np.zeros(0, dtype=np.int64) if order is None else order
+        self.count = np.ones(self.pfn.size, dtype=np.int64) if count is None else count
+        self.end = self.pfn + (self.count << self.order)
+        self._claimed: dict[int, list[list[int]]] = {}  # run -> sorted [first, end) blocks
+        self._nclaimed = 0
+        self._claimed_pages = 0
+        self._total = int(self.count.sum())
+
+    def _locate(self, pfn: int) -> tuple[int, int] | None:
+        """(run, block number) of the head pfn ``pfn``."""
+        i = int(np.searchsorted(self.pfn, pfn, side="right")) - 1
+        if i < 0 or pfn >= int(self.end[i]):
+            return None
+        o = int(self.order[i])
+        off = pfn - int(self.pfn[i])
+        if off & ((1 << o) - 1):
+            return None
+        return i, off >> o
+
+    def _is_claimed(self, i: int, k: int) -> bool:
+        iv = self._claimed.get(i)
+        if not iv:
+            return False
+        j = bisect.bisect_right(iv, [k, 1 << 62]) - 1
+        return j >= 0 and iv[j][0] <= k < iv[j][1]
+
+    def get(self, pfn: int) -> int | None:
+        hit = self._locate(pfn)
+        if hit is None or self._is_claimed(*hit):
+            return None
+        return int(self.order[hit[0]])
+
+    def _claim_range(self, i: int, a: int, b: int) -> None:
+        """Blocks [a, b) of run i (none claimed yet)."""
+        iv = self._claimed.setdefault(i, [])
+        bisect.insort(iv, [a, b])
+        j = iv.index([a, b])
+        if j + 1 < len(iv) and iv[j + 1][0] == b:  # merge with the neighbours
+            iv[j][1] = iv.pop(j + 1)[1]
+        if j > 0 and iv[j - 1][1] == a:
+            iv[j - 1][1] = iv.pop(j)[1]
+        self._nclaimed += b - a
+        self._claimed_pages += (b - a) << int(self.order[i])
+
+    def live_prefix(self, pfn: int, order: int, n: int) -> int:
+        """How many of the blocks ``pfn + k << order`` (k < n), from the first,
+        carry a magic of ``order``: O(runs crossed), not O(n)."""
+        done = 0
+        while done < n:
+            hit = self._locate(pfn + (done << order))
+            if hit is None or int(self.order[hit[0]]) != order:
+                return done
+            i, k = hit
+            avail = min(n - done, int(self.count[i]) - k)
+            for a, b in self._claimed.get(i, []):
+                if b > k:
+                    if a <= k:
+                        return done
+                    avail = min(avail, a - k)
+                    break
+            done += avail
+            if k + avail < int(self.count[i]):
+                return done
+        return done
+
+    def claim_blocks(self, pfn: int, order: int, n: int) -> None:
+        """Claim ``n`` blocks of ``order`` from ``pfn`` (all live: see live_prefix)."""
+        done = 0
+        while done < n:
+            hit = self._locate(pfn + (done << order))
+            assert hit is not None
+            i, k = hit
+            take = min(n - done, int(self.count[i]) - k)
+            self._claim_range(i, k, k + take)
+            done += take
+
+    def claim(self, pfn: int) -> None:
+        hit = self._locate(pfn)
+        if hit is not None and not self._is_claimed(*hit):
+            self._claim_range(hit[0], hit[1], hit[1] + 1)
+
+    def lookup(self, pfns: np.ndarray) -> np.ndarray:
+        """Orders of ``pfns`` still carrying a magic, -1 where none."""
+        if not self.pfn.size or not pfns.size:
+            return np.full(pfns.size, -1, dtype=np.int64)
+        i = np.searchsorted(self.pfn, pfns, side="right") - 1
+        ic = np.maximum(i, 0)
+        o = self.order[ic]
+        off = pfns - self.pfn[ic]
+        ok = (i >= 0) & (pfns < self.end[ic]) & ((off & ((1 << o) - 1)) == 0)
+        out = np.where(ok, o, -1)
+        hit = ic[ok]
+        if not self._claimed or not hit.size:
+            return out
+        lo, hi = int(hit.min()), int(hit.max())
+        for run, iv in self._claimed.items():
+            if not (lo <= run <= hi and iv):
+                continue
+            sel = np.flatnonzero(ok & (ic == run))
+            k = off[sel] >> o[sel]
+            starts = np.array([x[0] for x in iv])
+            ends = np.array([x[1] for x in iv])
+            j = np.searchsorted(starts, k, side="right") - 1
+            taken = (j >= 0) & (k < ends[np.maximum(j, 0)])
+            out[sel[taken]] = -1
+        return out
+
+    def claim_many(self, pfns: np.ndarray) -> None:
+        """Claim ``pfns`` (each carrying a magic, none claimed yet)."""
+        if not pfns.size:
+            return
+        i = np.searchsorted(self.pfn, pfns, side="right") - 1
+        k = (pfns - self.pfn[i]) >> self.order[i]
+        brk = np.flatnonzero((i[1:] != i[:-1]) | (k[1:] != k[:-1] + 1)) + 1
+        firsts = np.concatenate(([0], brk))
+        lasts = np.concatenate((brk, [pfns.size]))
+        for a, b in zip(firsts.tolist(), lasts.tolist()):
+            self._claim_range(int(i[a]), int(k[a]), int(k[b - 1]) + 1)
+
+    def __len__(self) -> int:
+        return self._total - self._nclaimed
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(head pfn, order) of every block not restored, by pfn."""
+        for i, (p0, o, n) in enumerate(zip(self.pfn.tolist(), self.order.tolist(),
+                                           self.count.tolist())):
+            iv = self._claimed.get(i, [])
+            pos = 0
+            for a, b in [*iv, [n, n]]:
+                for k in range(pos, a):
+                    yield p0 + (k << o), o
+                pos = b
+
+    def pages(self) -> int:
+        return int((self.count << self.order).sum()) - self._claimed_pages
+
+
 class Kho:
     """One kernel's KHO state (``kho_out`` and ``kho_in``)."""
 
@@ -99,10 +427,10 @@ class Kho:
         self.mem = kernel.machine.memory
         self.enabled = not kernel.cmdline_has("kho=off")
         # outgoing: the radix tree's content, (pfn, order) pairs
-        self.preserved: set[tuple[int, int]] = set()
+        self.preserved = PreservedBlocks()
         # which kernel module preserved each block: an observer's annotation
         # (not part of the hand-over) so checks can tell pending from leaked
-        self.owner: dict[tuple[int, int], str] = {}
+        self.owner = Owners(self.preserved)
         self.abi = kernel.profile.kho_abi  # root FDT version written and accepted
         self.subtrees: dict[str, int] = {}  # name -> phys, in insertion order
         self.sizes: dict[str, int] = {}  # name -> blob size given to kho_add_subtree()
@@ -116,7 +444,7 @@ class Kho:
         self.previous_release = ""
         # incoming blobs KHO copies and leaves reserved (kho_in_kexec_metadata())
         self.in_kept: list[int] = []
-        self.in_magic: dict[int, int] = {}  # head pfn -> order (KHO_PAGE_MAGIC set)
+        self.in_magic = IncomingBlocks()  # head pfn -> order (KHO_PAGE_MAGIC set)
         self.in_total_pages = 0
         self.scratch: list[KhoScratch] = list(kernel.machine.scratch)
 
@@ -147,22 +475,29 @@ class Kho:
             k.printk("err", "kho", "failed to get preserved memory map")
             return
         self.scratch = scratch
-        magic: dict[int, int] = {}
-        try:
-            for pa, order in walk_radix_tree(lambda pa: self.mem.read(pa, PAGE_SIZE),
-                                             root.mem_map_pa, self.mem.size):
-                if pa + (PAGE_SIZE << order) > self.mem.size:
-                    raise DecodeError("kho radix tree", 0, "bitmap",
-                                      f"block {pa:#x} order {order} beyond RAM", kind="bad-value")
-                magic[pa >> PAGE_SHIFT] = order
-        except DecodeError as exc:
+        walk = walk_radix_arrays(lambda pa: self.mem.read(pa, PAGE_SIZE), root.mem_map_pa,
+                                 self.mem.size)
+        error = walk.error
+        mem = self.mem.size
+        for pa, o, n in zip(walk.pa.tolist(), walk.order.tolist(), walk.count.tolist()):
+            size = PAGE_SIZE << o
+            if pa + n * size > mem:  # the first block beyond RAM stops the walk
+                nb = 0 if pa + size > mem else (mem - pa) // size
+                error = DecodeError("kho radix tree", 0, "bitmap",
+                                    f"block {pa + nb * size:#x} order {o} beyond RAM",
+                                    kind="bad-value")
+                break
+        if error is not None:
             # kho_mem_retrieve() failed: kho_in.fdt_phys = 0, nothing is preserved
-            k.printk("err", "kho", f"failed to walk preserved memory map: {exc}")
+            k.printk("err", "kho", f"failed to walk preserved memory map: {error}")
             return
-        for pfn, order in magic.items():
-            alloc.reserve(pfn << PAGE_SHIFT, PAGE_SIZE << order)
+        pfn = (walk.pa >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        idx = np.argsort(pfn, kind="stable")
+        pfn, order, count = pfn[idx], walk.order[idx], walk.count[idx]
+        alloc.reserve_many(pfn, pfn + (count << order))
+        magic = IncomingBlocks(pfn, order, count)
         self.in_magic = magic
-        self.in_total_pages = sum(1 << o for o in magic.values())
+        self.in_total_pages = magic.pages()
         self.in_fdt_pa = kd.fdt_addr
         self.in_subtrees = root.subtrees
         self.in_sizes = root.sizes
@@ -258,9 +593,34 @@ class Kho:
             k.warn_once("kho", f"restore:{pa:#x}",
                         f"WARNING: kho_restore_page: {pa:#x} was not preserved (no KHO magic)")
             return None
-        del self.in_magic[pfn]  # later restores of this page error out
+        self.in_magic.claim(pfn)  # later restores of this page error out
         k.mm.adopt(pa, order)
         return order
+
+    def restore_folio_run(self, pa: int, order: int, count: int) -> int:
+        """:meth:`restore_folio` of ``count`` contiguous folios of ``order`` from ``pa``,
+        stopping at the first that fails (warned about, not restored, as per
+        folio); returns how many were restored.  O(1) Python in ``count``.
+        """
+        if count <= 0:
+            return 0
+        k = self.kernel
+        size = PAGE_SIZE << order
+        if k.machine.faults.pending(FP_RESTORE, count) or order > MAX_PAGE_ORDER:
+            for i in range(count):
+                if self._restore_page(pa + i * size) != order:
+                    return i
+            return count
+        ok = self.in_magic.live_prefix(pa >> PAGE_SHIFT, order, count)
+        k.machine.faults.hit_many(FP_RESTORE, min(count, ok + 1), f"{pa:#x}")
+        if ok:
+            self.in_magic.claim_blocks(pa >> PAGE_SHIFT, order, ok)
+            k.mm.adopt_run(pa, order, ok)
+        if ok < count:
+            bad_pa = pa + ok * size
+            k.warn_once("kho", f"restore:{bad_pa:#x}",
+                        f"WARNING: kho_restore_page: {bad_pa:#x} was not preserved (no KHO magic)")
+        return ok
 
     def restore_folio(self, pa: int) -> int | None:
         """``kho_restore_folio()`` -> the folio's order, None when not preserved."""
@@ -288,10 +648,10 @@ class Kho:
 
     def unclaimed(self) -> list[tuple[int, int]]:
         """Preserved blocks the previous kernel handed over that nobody restored."""
-        return sorted((pfn << PAGE_SHIFT, order) for pfn, order in self.in_magic.items())
+        return [(pfn << PAGE_SHIFT, order) for pfn, order in self.in_magic.items()]
 
     def report_unclaimed(self, when: str) -> int:
-        pages = sum(1 << o for _pa, o in self.unclaimed())
+        pages = self.in_magic.pages()
         if pages:
             self.kernel.printk("warn", "kho",
                                f"{when}: {len(self.in_magic)} preserved blocks ({pages} pages) "
@@ -313,8 +673,7 @@ class Kho:
 
     def _add(self, pfn: int, order: int) -> None:
         self.kernel.machine.faults.check(FP_PRESERVE, f"pfn {pfn:#x} order {order}")
-        self.preserved.add((pfn, order))
-        self.owner[(pfn, order)] = _caller_module()
+        self.preserved.add((pfn, order), _caller_module())
 
     def _del(self, pfn: int, order: int) -> None:
         if (pfn, order) not in self.preserved:
@@ -334,6 +693,36 @@ class Kho:
     def unpreserve_folio(self, pa: int, order: int) -> None:
         """``kho_unpreserve_folio()`` (void)."""
         self._del(pa >> PAGE_SHIFT, order)
+
+    def preserve_folio_run(self, pa: int, order: int, count: int) -> None:
+        """``count`` :meth:`preserve_folio` of contiguous folios of ``order`` from ``pa``.
+
+        Same checks, fault occurrences and errors as the per-folio calls, O(1)
+        in ``count``; on error nothing of the run stays preserved.
+        """
+        self._check_open()
+        size = PAGE_SIZE << order
+        faults = self.kernel.machine.faults
+        scratch = any(pa < s.addr + s.size and s.addr < pa + size * count for s in self.scratch)
+        if pa % size or scratch or faults.pending(FP_PRESERVE, count):
+            done = 0
+            try:  # the exact per-folio path: the error lands on its folio
+                for k in range(count):
+                    self.preserve_folio(pa + k * size, order)
+                    done += 1
+            except KernelError:
+                self.preserved.remove_run(pa >> PAGE_SHIFT, order, done)
+                raise
+            return
+        faults.hit_many(FP_PRESERVE, count, f"pfn {pa >> PAGE_SHIFT:#x} order {order}")
+        self.preserved.add_run(pa >> PAGE_SHIFT, order, count, _caller_module())
+
+    def unpreserve_folio_run(self, pa: int, order: int, count: int) -> None:
+        """``count`` :meth:`unpreserve_folio` (warns for blocks not preserved)."""
+        removed = self.preserved.remove_run(pa >> PAGE_SHIFT, order, count)
+        if removed != count:
+            self.kernel.warn("kho", f"WARNING: kho_radix_del_page: {count - removed} of "
+                             f"{count} blocks from {pa:#x} order {order} were not preserved")
 
     def preserve_pages(self, pa: int, nr_pages: int) -> None:
         """``kho_preserve_pages()``: split into aligned blocks, undo on failure."""
@@ -381,6 +770,56 @@ class Kho:
         self.unpreserve_folio(pa, order)
         self.kernel.mm.free_pages(pa, order)
 
+    def _preserve_vmalloc_bulk(self, data: bytes, nr: int, groups: int) -> bytes | None:
+        """:meth:`preserve_vmalloc` by runs of pages: the same pages, bytes, blocks
+        and fault occurrences; None (nothing done) when it must go page by page
+        (a planned fault, not enough memory for all at once).
+
+        Chunk layout per torvalds/linux c17ee635fd3a
+        include/linux/kho/abi/kexec_handover.h: one page per
+        ``kho_vmalloc_chunk``, ``hdr.next`` then a zero-terminated
+        ``phys[KHO_VMALLOC_SIZE]`` (511 entries).
+        """
+        k = self.kernel
+        if k.machine.faults.pending(FP_PRESERVE, nr + groups):
+            return None
+        try:
+            runs = k.mm.alloc_pages_bulk(0, nr)
+        except KernelError:
+            return None
+        try:
+            chunk_runs = k.mm.alloc_pages_bulk(0, groups)
+        except KernelError:
+            for pa, n in runs:
+                k.mm.free_run(pa, 0, n)
+            return None
+        all_runs = runs + chunk_runs
+        if any(pa < s.addr + s.size and s.addr < pa + n * PAGE_SIZE
+               for pa, n in all_runs for s in self.scratch):
+            for pa, n in all_runs:
+                k.mm.free_run(pa, 0, n)
+            return None
+        padded = data.ljust(nr * PAGE_SIZE, b"\0")
+        pos = 0
+        owner = _caller_module()
+        for pa, n in runs:
+            self.mem.write_pages(pa, padded[pos:pos + n * PAGE_SIZE])
+            pos += n * PAGE_SIZE
+        k.machine.faults.hit_many(FP_PRESERVE, nr + groups, "vmalloc")
+        for pa, n in all_runs:
+            self.preserved.add_run(pa >> PAGE_SHIFT, 0, n, owner)
+        pages = np.concatenate([(pa >> PAGE_SHIFT) + np.arange(n, dtype=np.int64)
+                                for pa, n in runs]) << PAGE_SHIFT
+        chunks = [pa + i * PAGE_SIZE for pa, n in chunk_runs for i in range(n)]
+        per_chunk = PAGE_SIZE // 8 - 1
+        for ci, cpa in enumerate(chunks):
+            body = np.zeros(PAGE_SIZE // 8, dtype="<u8")
+            body[0] = chunks[ci + 1] if ci + 1 < len(chunks) else 0
+            group = pages[ci * per_chunk:(ci + 1) * per_chunk]
+            body[1:1 + group.size] = group
+            self.mem.write_pages(cpa, body.tobytes())
+        return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
+
     def preserve_vmalloc(self, data: bytes) -> bytes:
         """``kho_preserve_vmalloc()`` of an area holding ``data`` (order-0 pages).
 
@@ -388,6 +827,10 @@ class Kho:
         """
         self._check_open()
         nr = max(1, -(-len(data) // PAGE_SIZE))
+        per_chunk = PAGE_SIZE // 8 - 1
+        bulk = self._preserve_vmalloc_bulk(data, nr, -(-nr // per_chunk))
+        if bulk is not None:
+            return bulk
         pages: list[int] = []
         chunks: list[int] = []
         try:
@@ -449,6 +892,17 @@ class Kho:
             self.kernel.printk("err", "kho", f"kho_restore_vmalloc: {exc}")
             return None
         out = bytearray()
+        pfns = np.array(pages, dtype=np.int64) >> PAGE_SHIFT
+        if (not self.kernel.machine.faults.pending(FP_RESTORE, len(pages))
+                and bool((self.in_magic.lookup(pfns) == 0).all())):
+            # every page carries an order-0 magic: claim them all at once
+            self.kernel.machine.faults.hit_many(FP_RESTORE, len(pages), "vmalloc")
+            self.in_magic.claim_many(pfns)
+            for first, n in contiguous_runs(pfns):
+                self.kernel.mm.adopt_run(first << PAGE_SHIFT, 0, n)
+            for pa in pages:
+                out += self.mem.read(pa, PAGE_SIZE)
+            pages = []
         for pa in pages:
             if not self.restore_pages(pa, 1):
                 return None
@@ -487,44 +941,56 @@ class Kho:
 
     # ------------------------------------------------------------------ hand-over
     def _write_radix_tree(self) -> int:
-        """Materialise the radix tree in memory; return the root's phys."""
+        """Materialise the radix tree in memory; return the root's phys.
+
+        Nodes are allocated in the order ``kho_radix_add_page()`` would create
+        them inserting the blocks by (pfn, order): the root first, then for
+        each block the missing nodes of its path, top down.  Keys, node
+        membership and leaf bitmaps are computed with numpy, so the cost is
+        per node, not per block.
+        """
         k = self.kernel
-        nodes: dict[tuple[int, int], int] = {}  # (level, key prefix) -> pa
-        tables: dict[int, dict[int, int]] = {}  # node pa -> {index: child pa}
-        leaves: dict[int, int] = {}  # leaf pa -> bitmap int
-
-        def node(level: int, key: int) -> int:
-            # keys sharing every bit above this node's index bits share the node
-            prefix = key >> (level * 9 + KHO_BITMAP_SIZE_LOG2)
-            pa = nodes.get((level, prefix))
-            if pa is None:
-                pa = k.mm.alloc_pages(0)
-                nodes[(level, prefix)] = pa
-                if level:
-                    tables[pa] = {}
-                else:
-                    leaves[pa] = 0
-            return pa
-
-        root = node(KHO_TREE_MAX_DEPTH - 1, 0)
-        for pfn, order in sorted(self.preserved):
-            key = encode_key(pfn << PAGE_SHIFT, order)
-            cur = root
-            for level in range(KHO_TREE_MAX_DEPTH - 1, 0, -1):
-                idx = table_index(key, level)
-                child = tables[cur].get(idx)
-                if child is None:
-                    child = node(level - 1, key)
-                    tables[cur][idx] = child
-                cur = child
-            leaves[cur] |= 1 << bitmap_index(key)
+        top = KHO_TREE_MAX_DEPTH - 1
+        # A run of blocks has consecutive keys: per level it needs a range of
+        # nodes, the first block needing each is found arithmetically, and its
+        # leaf bits are slices - the cost is per run and node, not per block.
+        first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
+        leaves: dict[int, np.ndarray] = {}  # leaf prefix -> unpacked bitmap
+        for start, o, n in self.preserved.runs():
+            k0 = (1 << (KHO_ORDER_0_LOG2 - o)) | (start >> o)
+            k1 = k0 + n  # exclusive
+            for level in range(top):
+                shift = level * 9 + KHO_BITMAP_SIZE_LOG2
+                for prefix in range(k0 >> shift, ((k1 - 1) >> shift) + 1):
+                    lo = max(k0, prefix << shift)
+                    first = (start + ((lo - k0) << o), o)
+                    key = (level, prefix)
+                    if key not in first_use or first < first_use[key]:
+                        first_use[key] = first
+                    if level == 0:
+                        bitmap = leaves.get(prefix)
+                        if bitmap is None:
+                            bitmap = leaves[prefix] = np.zeros(1 << KHO_BITMAP_SIZE_LOG2,
+                                                               dtype=np.uint8)
+                        hi = min(k1, (prefix + 1) << shift)
+                        bitmap[lo - (prefix << shift):hi - (prefix << shift)] = 1
+        events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
+        nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
+        for _first, neg_level, prefix in events:
+            nodes[(-neg_level, prefix)] = k.mm.alloc_pages(0)
+        root = nodes[(top, 0)]
+        tables: dict[int, np.ndarray] = {}
+        for (level, _prefix), pa in nodes.items():
+            if level:
+                tables[pa] = np.zeros(512, dtype="<u8")
+        for (level, prefix), pa in nodes.items():
+            if level < top:
+                parent = nodes[(level + 1, prefix >> 9)]
+                tables[parent][prefix & 511] = pa
         for pa, table in tables.items():
-            words = [0] * 512
-            for idx, child in table.items():
-                words[idx] = child
-            self.mem.write(pa, struct.pack("<512Q", *words))
-        for pa, bits in leaves.items():
-            self.mem.write(pa, bits.to_bytes(PAGE_SIZE, "little"))
+            self.mem.write_pages(pa, table.tobytes())
+        for leaf, bitmap in leaves.items():
+            self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
         return root
 
     def _blob_size(self, name: str, pa: int) -> int:
@@ -536,7 +1002,7 @@ class Kho:
         head = self.mem.read(pa, 8)
         if head[:4] == b"\xd0\x0d\xfe\xed":
             return int.from_bytes(head[4:8], "big")
-        order = self.kernel.mm.allocated.get(pa >> PAGE_SHIFT, 0)
+        order = self.kernel.mm.allocated.get(pa >> PAGE_SHIFT) or 0
         return PAGE_SIZE << order
 
     def handover(self) -> bytes | None:
@@ -550,8 +1016,7 @@ class Kho:
             return None
         self.finalized = True
         fdt_pa = k.mm.alloc_pages(0)
-        self.preserved.add((fdt_pa >> PAGE_SHIFT, 0))
-        self.owner[(fdt_pa >> PAGE_SHIFT, 0)] = "kho"
+        self.preserved.add((fdt_pa >> PAGE_SHIFT, 0), "kho")
         scratch_pa = k.mm.alloc_pages(0)
         scratch_blob = b"".join(s.encode() for s in self.scratch)
         self.mem.write(scratch_pa, scratch_blob)

@@ -208,11 +208,10 @@ class Run:
             vmm = self.step("retrieve", lambda kk=k, old=vmm: agent.retrieve_and_finish(  # type: ignore[misc]
                 kk, old, sc.update.finish))
             for vm in vmm.vms:
-                if vm.name in self.ctx.ram_layout and vm.ram is not None:
-                    layout = sorted(vm.ram.folios())
-                    if layout != self.ctx.ram_layout[vm.name]:
-                        self._ram_problem(vm.name, "retrieved memfd is not backed by the "
-                                          "preserved folios")
+                if (vm.name in self.ctx.ram_layout and vm.ram is not None
+                        and vm.ram.folio_runs() != self.ctx.ram_layout[vm.name]):
+                    self._ram_problem(vm.name, "retrieved memfd is not backed by the "
+                                      "preserved folios")
             self.ctx.extra["unfinished_kinds"] = sorted({p.kind for p in agent.unfinished()})
             self._probe_finished_tokens(agent)
             self.ctx.phase = "finished" if sc.update.finish else "after-kexec"
@@ -327,7 +326,7 @@ class Run:
         self._environment_faults()
         old = self.machine.current  # still the old kernel: it just jumped
         if old is not None:  # observer's note of who preserved what
-            self.ctx.extra["owners"] = dict(old.kho.owner)
+            self.ctx.extra["owners"] = old.kho.owner.copy()
             snapshot_at_jump(self.ctx, old)
             snapshot_iommu_at_jump(self.ctx)
         before = self.ctx.extra.get("ram_before_jump", {})
@@ -361,14 +360,16 @@ class Run:
         for vm in vmm.vms:
             if vm.ram is None:
                 continue
-            layout = sorted(vm.ram.folios())
+            layout = vm.ram.folio_runs()  # runs (index, pa, order, count): O(extents)
             self.ctx.ram_layout[vm.name] = layout
             self.ctx.ram_pfns[vm.name] = PfnRanges(
-                [(pa >> PAGE_SHIFT, (pa >> PAGE_SHIFT) + (1 << order)) for _i, pa, order in layout])
+                [(pa >> PAGE_SHIFT, (pa >> PAGE_SHIFT) + (n << order))
+                 for _i, pa, order, n in layout])
 
     def _ram_fingerprints(self) -> dict[str, int]:
         mem = self.machine.memory
-        return {vm: hash(tuple(mem.folio_fingerprint(pa, order) for _i, pa, order in layout))
+        return {vm: hash(tuple(tuple(mem.describe(pa >> PAGE_SHIFT, n << order))
+                               for _i, pa, order, n in layout))
                 for vm, layout in self.ctx.ram_layout.items()}
 
     def _ram_problem(self, vm: str, problem: str) -> None:

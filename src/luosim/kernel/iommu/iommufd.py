@@ -243,7 +243,10 @@ class IommufdFile(File):
         if self._immutable(ioas):
             raise KernelError(errno.EBUSY, f"IOAS {ioas_id} is preserved (immutable)")
         memfd.populate()
-        runs = list(_runs(memfd.folio_list(), offset, length, iova))
+        spans = getattr(memfd, "folio_spans", None)  # runs of folios, when the file has them
+        runs = list(_runs(spans() if spans is not None else
+                          [(i, pa, 1 << o) for i, pa, o in memfd.folio_list()],
+                          offset, length, iova))
         area = IoasArea(iova, length, memfd, offset, runs)
         done: list[Hwpt] = []
         try:
@@ -448,11 +451,12 @@ class IommufdFile(File):
 
 def _runs(folios: list[tuple[int, int, int]], offset: int, length: int,
           iova: int) -> Iterator[tuple[int, int, int]]:
-    """(iova, pa, size) runs of physically contiguous pinned pages of the range."""
+    """(iova, pa, size) runs of physically contiguous pinned pages of the range;
+    ``folios`` are (index, pa, pages) spans."""
     first, end = offset >> PAGE_SHIFT, (offset + length) >> PAGE_SHIFT
     cur: list[int] | None = None
-    for index, pa, order in folios:
-        lo, hi = max(index, first), min(index + (1 << order), end)
+    for index, pa, npages in folios:
+        lo, hi = max(index, first), min(index + npages, end)
         if lo >= hi:
             continue
         r_iova = iova + ((lo - first) << PAGE_SHIFT)

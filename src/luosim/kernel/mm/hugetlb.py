@@ -77,7 +77,7 @@ from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, MemoryAccessError
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
-from luosim.kernel.mm.memfd import MemfdFile, folio_seed, zero_folio_fingerprint
+from luosim.kernel.mm.memfd import MemfdFile, folio_seed
 from luosim.kernel.vfs import File, check_alive
 
 if TYPE_CHECKING:
@@ -425,12 +425,12 @@ class HugetlbMemfdFile(MemfdFile):
         self.check_open()
         h = hashlib.blake2b(digest_size=8)
         h.update(self.size.to_bytes(8, "little"))
+        # the same content description MemfdFile.fingerprint hashes
         for index, pa, order in self.folios():
-            fp = self.mem.folio_fingerprint(pa, order)
-            if fp == zero_folio_fingerprint(order):
-                continue
-            h.update(index.to_bytes(8, "little") + order.to_bytes(2, "little")
-                     + fp.to_bytes(8, "little"))
+            for tok in self.mem.describe(pa >> PAGE_SHIFT, 1 << order):
+                if tok[1] == "uni" and tok[2] == ZERO_SEED:
+                    continue
+                h.update(repr((index + tok[0], *tok[1:])).encode())
         return int.from_bytes(h.digest(), "little")
 
     def release(self) -> None:

@@ -4,26 +4,31 @@ A :class:`MemfdFile` is a shmem file without links: its content lives in
 folios (``index`` = page offset of the folio's head, ``pa``, ``order``)
 allocated from the kernel's page allocator, naturally aligned, of the
 file's folio order (0 for small pages, up to 9 for PMD-sized THP; an 8 GiB
-memfd of order 9 is 4096 folios).  Byte content goes through
+memfd of order 9 is 4096 folios).  The file keeps them as runs of folios
+contiguous in the file and in physical memory, so every operation costs per
+run, not per folio.  Byte content goes through
 :meth:`MemfdFile.write`/:meth:`read`; bulk synthetic content through
-:meth:`fill` (whole folios, :meth:`PhysicalMemory.fill_folio`), compared with
-:meth:`fingerprint`.
+:meth:`fill` (whole folios, one extent per run:
+:meth:`PhysicalMemory.fill_run`), compared with :meth:`fingerprint`.
 
 :class:`MemfdLuoHandler` is the LUO file handler (spec luo.md §5.3):
 ``memfd-v1`` or ``memfd-v2`` (with seals), as the profile's memfd layer says.
 Everything it hands over is in physical memory: the ``memfd_luo_ser``
 record (``kho_alloc_preserve``), the folio array (``kho_preserve_vmalloc``)
-and the folios themselves (``kho_preserve_folio``); the next kernel
-rebuilds the file from those bytes alone.
+and the folios themselves (``kho_preserve_folio``, per run); the next
+kernel rebuilds the file from those bytes alone.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
-import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
+
+import numpy as np
 
 from luosim.abi.errors import DecodeError
 from luosim.abi.hugetlb import MFD_ALL_FLAGS, MFD_HUGETLB
@@ -40,15 +45,15 @@ from luosim.abi.memfd import (
     MEMFD_LUO_FOLIO_UPTODATE,
     KhoVmalloc,
     KhoVmallocChunk,
-    MemfdLuoFolioSer,
     MemfdLuoSerV1,
     MemfdLuoSerV2,
-    decode_folio_array,
-    encode_folio_array,
+    decode_folio_arrays,
+    encode_folio_runs,
 )
 from luosim.errors import KernelError
 from luosim.faults import point
-from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, PhysicalMemory
+from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, derive_seed
+from luosim.kernel.kho import contiguous_runs
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.vfs import File, check_alive
 
@@ -67,20 +72,9 @@ _MASK64 = (1 << 64) - 1
 _SEALS_KNOWN = MEMFD_LUO_ALL_SEALS
 
 
-@functools.cache
-def zero_folio_fingerprint(order: int) -> int:
-    """Fingerprint of a freshly allocated (zero) folio of ``order``."""
-    mem = PhysicalMemory(PAGE_SIZE << order)
-    mem.fill_folio(0, order, ZERO_SEED)
-    return mem.folio_fingerprint(0, order)
-
-
 def folio_seed(seed: int, index: int) -> int:
     """Per-folio seed of :meth:`MemfdFile.fill` (never the zero seed)."""
-    h = hashlib.blake2b(seed.to_bytes(8, "little") + index.to_bytes(8, "little"),
-                        digest_size=8)
-    val = int.from_bytes(h.digest(), "little")
-    return val ^ 1 if val == ZERO_SEED else val
+    return derive_seed(seed, index)
 
 
 class MemfdFile(File):
@@ -97,8 +91,11 @@ class MemfdFile(File):
         self.size = 0
         self.pos = 0
         self.seals = 0
-        self.folio_map: dict[int, tuple[int, int]] = {}  # head page index -> (pa, order)
-        self._orders: set[int] = set()
+        # folios as runs [index, pa, order, count]: ``count`` folios of ``order``
+        # contiguous in the file and in physical memory, sorted by index
+        self._fidx: list[int] = []
+        self._fruns: list[list[int]] = []
+        self._nfolios = 0
         self.frozen = False  # preserved by LUO: size changes refused (EPERM)
         self.hugetlb = False
         self.nlink = 0
@@ -107,12 +104,56 @@ class MemfdFile(File):
     # ------------------------------------------------------------------ folios
     def _find(self, page: int) -> tuple[int, int, int] | None:
         """(head index, pa, order) of the folio holding page ``page``."""
-        for order in self._orders:
-            head = page & ~((1 << order) - 1)
-            hit = self.folio_map.get(head)
-            if hit is not None and hit[1] == order:
-                return head, hit[0], order
-        return None
+        i = bisect.bisect_right(self._fidx, page) - 1
+        if i < 0:
+            return None
+        index, pa, order, count = self._fruns[i]
+        k = (page - index) >> order
+        if k >= count:
+            return None
+        return index + (k << order), pa + (k << (order + PAGE_SHIFT)), order
+
+    def _add_run(self, index: int, pa: int, order: int, count: int) -> None:
+        """Folios ``index + k << order`` at ``pa + k << order`` pages (k < count)."""
+        if count <= 0:
+            return
+        i = bisect.bisect_left(self._fidx, index)
+        self._nfolios += count
+        if i > 0:  # continue the run before when file and physical addresses follow on
+            prev = self._fruns[i - 1]
+            if (prev[2] == order and prev[0] + (prev[3] << order) == index
+                    and prev[1] + (prev[3] << (order + PAGE_SHIFT)) == pa):
+                prev[3] += count
+                if i < len(self._fruns):
+                    nxt = self._fruns[i]
+                    if (nxt[2] == order and index + (count << order) == nxt[0]
+                            and pa + (count << (order + PAGE_SHIFT)) == nxt[1]):
+                        prev[3] += nxt[3]
+                        del self._fidx[i], self._fruns[i]
+                return
+        if i < len(self._fruns):  # or prepend to the run after
+            nxt = self._fruns[i]
+            if (nxt[2] == order and index + (count << order) == nxt[0]
+                    and pa + (count << (order + PAGE_SHIFT)) == nxt[1]):
+                nxt[0], nxt[1], nxt[3] = index, pa, nxt[3] + count
+                self._fidx[i] = index
+                return
+        self._fidx.insert(i, index)
+        self._fruns.insert(i, [index, pa, order, count])
+
+    def _alloc_range(self, first: int, nfolios: int, seed: int = ZERO_SEED,
+                     family: bool = False) -> None:
+        """``shmem_get_folio()`` of ``nfolios`` new folios of the file's order from
+        page ``first`` (a hole), first fit as one allocation per folio would be.
+
+        Content zero, or synthetic: folio at page ``p`` gets ``folio_seed(seed, p)``.
+        """
+        order = self.folio_order
+        index = first
+        for pa, n in self.kernel.mm.alloc_pages_bulk(order, nfolios):
+            self.mem.fill_run(pa, order, n, seed, family=family, index0=index)
+            self._add_run(index, pa, order, n)
+            index += n << order
 
     def _alloc(self, page: int, seed: int = ZERO_SEED) -> tuple[int, int, int]:
         """``shmem_get_folio()``: a new folio of the file's order holding ``page``.
@@ -127,32 +168,69 @@ class MemfdFile(File):
         return head, pa, order
 
     def _add_folio(self, head: int, pa: int, order: int) -> None:
-        self.folio_map[head] = (pa, order)
-        self._orders.add(order)
+        self._add_run(head, pa, order, 1)
 
     def _get(self, page: int) -> tuple[int, int, int]:
         hit = self._find(page)
         return hit if hit is not None else self._alloc(page)
 
+    def _holes(self, first: int, end: int) -> list[tuple[int, int]]:
+        """Folio-aligned (page, folios) stretches of ``[first, end)`` with no folio."""
+        size = 1 << self.folio_order
+        out: list[tuple[int, int]] = []
+        pos = first & ~(size - 1)
+        i = max(0, bisect.bisect_right(self._fidx, pos) - 1)
+        for index, _pa, order, count in self._fruns[i:]:
+            if index >= end:
+                break
+            run_end = index + (count << order)
+            if run_end <= pos:
+                continue
+            if index > pos:
+                out.append((pos, -(-(index - pos) // size)))
+            pos = max(pos, -(-run_end // size) * size)
+        if pos < end:
+            out.append((pos, -(-(end - pos) // size)))
+        return [(p, n) for p, n in out if n > 0]
+
     def populate(self) -> int:
         """Allocate every hole in ``[0, size)`` (``memfd_pin_folios()``); return folios."""
-        page = 0
-        npages = -(-self.size // PAGE_SIZE)
-        while page < npages:
-            head, _pa, order = self._get(page)
-            page = head + (1 << order)
-        return len(self.folio_map)
+        for page, n in self._holes(0, -(-self.size // PAGE_SIZE)):
+            self._alloc_range(page, n)
+        return self._nfolios
+
+    def folio_runs(self) -> list[tuple[int, int, int, int]]:
+        """(index, pa, order, count) runs of folios contiguous in file and memory."""
+        return [(i, pa, o, n) for i, pa, o, n in self._fruns]
+
+    def folio_spans(self) -> list[tuple[int, int, int]]:
+        """(index, pa, pages) of every run: what a mapping of the file needs."""
+        return [(i, pa, n << o) for i, pa, o, n in self._fruns]
 
     def folios(self) -> list[tuple[int, int, int]]:
         """(index, pa, order) of every folio, by index (index = page offset of its head)."""
-        return [(i, pa, o) for i, (pa, o) in sorted(self.folio_map.items())]
+        return [(i + (k << o), pa + (k << (o + PAGE_SHIFT)), o)
+                for i, pa, o, n in self._fruns for k in range(n)]
 
     folio_list = folios
 
+    @property
+    def nr_folios(self) -> int:
+        return self._nfolios
+
     def _free_folios_from(self, page: int) -> None:
-        for head in [h for h in self.folio_map if h >= page]:
-            pa, order = self.folio_map.pop(head)
-            self.kernel.mm.free_pages(pa, order)
+        """Free every folio whose head is at or after ``page`` (one free per run)."""
+        mm = self.kernel.mm
+        kept: list[list[int]] = []
+        for index, pa, order, count in self._fruns:
+            k = 0 if index >= page else min(count, -(-(page - index) >> order))
+            if k:
+                kept.append([index, pa, order, k])
+            if k < count:
+                mm.free_run(pa + (k << (order + PAGE_SHIFT)), order, count - k)
+                self._nfolios -= count - k
+        self._fruns = kept
+        self._fidx = [r[0] for r in kept]
 
     # ------------------------------------------------------------------ size & seals
     def _check_resize(self, new_size: int) -> None:
@@ -248,29 +326,39 @@ class MemfdFile(File):
             raise KernelError(errno.EINVAL, f"fill range not aligned to {fsize:#x}-byte folios")
         self._check_write(offset, length)
         seed &= _MASK64
-        pages = range(offset // PAGE_SIZE, (offset + length) // PAGE_SIZE, 1 << self.folio_order)
-        hits = [self._find(page) for page in pages]
-        if any(h is not None and (h[2] != self.folio_order or h[0] != p)
-               for p, h in zip(pages, hits)):
-            raise KernelError(errno.EINVAL, "fill over a folio of another order")
-        for page, hit in zip(pages, hits):
-            if hit is None:
-                self._alloc(page, folio_seed(seed, page))
-            else:
-                self.mem.fill_folio(hit[1], hit[2], folio_seed(seed, page))
+        first, end = offset // PAGE_SIZE, (offset + length) // PAGE_SIZE
+        lo = max(0, bisect.bisect_right(self._fidx, first) - 1)
+        present: list[tuple[int, int, int, int]] = []  # parts of runs inside the range
+        for index, pa, order, count in self._fruns[lo:]:
+            if index >= end:
+                break
+            a, b = max(first, index), min(end, index + (count << order))
+            if a >= b:
+                continue
+            if order != self.folio_order or (a - index) % (1 << order):
+                raise KernelError(errno.EINVAL, "fill over a folio of another order")
+            k0, k1 = (a - index) >> order, -(-(b - index) >> order)
+            present.append((index + (k0 << order), pa + (k0 << (order + PAGE_SHIFT)), order,
+                            k1 - k0))
+        for page, n in self._holes(first, end):
+            self._alloc_range(page, n, seed, family=True)
+        for index, pa, order, n in present:
+            self.mem.fill_run(pa, order, n, seed, family=True, index0=index)
         self.size = max(self.size, offset + length)
 
     def fingerprint(self) -> int:
-        """Content identity over all folios (holes and untouched zero folios ignored)."""
+        """Content identity over all folios (holes and untouched zero folios ignored).
+
+        Built from :meth:`PhysicalMemory.describe` of each run: O(runs + writes).
+        """
         self.check_open()
         h = hashlib.blake2b(digest_size=8)
         h.update(self.size.to_bytes(8, "little"))
-        for index, (pa, order) in sorted(self.folio_map.items()):
-            fp = self.mem.folio_fingerprint(pa, order)
-            if fp == zero_folio_fingerprint(order):
-                continue
-            h.update(index.to_bytes(8, "little") + order.to_bytes(2, "little")
-                     + fp.to_bytes(8, "little"))
+        for index, pa, order, count in self._fruns:
+            for tok in self.mem.describe(pa >> PAGE_SHIFT, count << order):
+                if tok[1] == "uni" and tok[2] == ZERO_SEED:
+                    continue
+                h.update(repr((index + tok[0], *tok[1:])).encode())
         return int.from_bytes(h.digest(), "little")
 
     # ------------------------------------------------------------------ lifetime
@@ -279,7 +367,7 @@ class MemfdFile(File):
         self._free_folios_from(0)
 
     def __repr__(self) -> str:
-        return (f"<MemfdFile {self.name!r} size={self.size:#x} folios={len(self.folio_map)} "
+        return (f"<MemfdFile {self.name!r} size={self.size:#x} folios={self._nfolios} "
                 f"order={self.folio_order} fds={self.fds} ref={self.refcount}>")
 
 
@@ -289,7 +377,7 @@ class _Preserved:
 
     ser_pa: int
     desc: KhoVmalloc
-    folios: list[tuple[int, int, int]]
+    folios: list[tuple[int, int, int, int]]  # runs (index, pa, order, count)
 
 
 class MemfdLuoHandler(FileHandler):
@@ -331,28 +419,26 @@ class MemfdLuoHandler(FileHandler):
         was_frozen = file.frozen
         file.frozen = True
         ser_pa = 0
-        done: list[tuple[int, int]] = []
+        done: list[tuple[int, int, int, int]] = []
         try:
             ser_pa = kho.alloc_preserve(self.ser_size)
             file.populate()
-            folios = file.folio_list()
-            for _index, pa, order in folios:
-                kho.preserve_folio(pa, order)
-                done.append((pa, order))
-            recs = [MemfdLuoFolioSer(pa >> PAGE_SHIFT,
-                                     MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE, index)
-                    for index, pa, _order in folios]
-            desc = (KhoVmalloc.decode(kho.preserve_vmalloc(encode_folio_array(recs)))
-                    if recs else KhoVmalloc())
+            folios = file.folio_runs()
+            for run in folios:
+                kho.preserve_folio_run(run[1], run[2], run[3])
+                done.append(run)
+            nr = file.nr_folios
+            desc = (KhoVmalloc.decode(kho.preserve_vmalloc(encode_folio_runs(
+                folios, MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE))) if nr else KhoVmalloc())
         except KernelError:
-            for pa, order in reversed(done):
-                kho.unpreserve_folio(pa, order)
+            for _index, pa, order, count in reversed(done):
+                kho.unpreserve_folio_run(pa, order, count)
             if ser_pa:
                 kho.unpreserve_free(ser_pa)
             file.frozen = was_frozen
             raise
         k.machine.memory.write(ser_pa, self._encode(file.pos, file.size, file.seals,
-                                                    len(recs), desc))
+                                                    nr, desc))
         args.serialized_data = ser_pa
         args.private_data = _Preserved(ser_pa, desc, folios)
 
@@ -369,8 +455,8 @@ class MemfdLuoHandler(FileHandler):
         file.frozen = False
         if priv.desc.first:
             kho.unpreserve_vmalloc(priv.desc.encode())
-        for _index, pa, order in reversed(priv.folios):
-            kho.unpreserve_folio(pa, order)
+        for _index, pa, order, count in reversed(priv.folios):
+            kho.unpreserve_folio_run(pa, order, count)
         kho.unpreserve_free(priv.ser_pa)
 
     # ------------------------------------------------------------------ new kernel
@@ -383,10 +469,10 @@ class MemfdLuoHandler(FileHandler):
         except DecodeError as exc:  # pragma: no cover - fixed-size read
             raise KernelError(errno.EINVAL, str(exc)) from None
 
-    def _read_folios(self, ser: MemfdLuoSerV1 | MemfdLuoSerV2) -> list[MemfdLuoFolioSer]:
+    def _read_folios(self, ser: MemfdLuoSerV1 | MemfdLuoSerV2) -> _Recs:
         """Restore the vmalloc'ed folio array (``kho_restore_vmalloc()`` + ``vfree()``)."""
         if not ser.nr_folios:
-            return []
+            return _Recs.empty()
         k = self.kernel
         data_pages: list[int] = []
         cpa = ser.folios.first
@@ -402,13 +488,46 @@ class MemfdLuoHandler(FileHandler):
         data = k.kho.restore_vmalloc(ser.folios.encode())
         if data is None:
             raise KernelError(errno.EINVAL, "cannot restore the memfd folio array")
-        for pa in data_pages:  # vfree() of the restored area
-            if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None:
-                k.mm.free_pages(pa)
+        # vfree() of the restored area, by runs of pages
+        live = [pa >> PAGE_SHIFT for pa in data_pages
+                if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None]
+        for first, n in contiguous_runs(np.array(live, dtype=np.int64)):
+            k.mm.free_run(first << PAGE_SHIFT, 0, n)
         try:
-            return decode_folio_array(data, ser.nr_folios)
+            pfn, _flags, index = decode_folio_arrays(data, ser.nr_folios)
         except DecodeError as exc:
             raise KernelError(errno.EINVAL, str(exc)) from None
+        return _Recs(pfn.astype(np.int64), index.astype(np.int64))
+
+    def _restore_runs(self, recs: _Recs, start: int) -> tuple[int, list[tuple[int, int, int,
+                                                                                int]]]:
+        """``kho_restore_folio()`` of records ``start..`` in order, by runs.
+
+        Returns (records restored before the first failure, the restored
+        (index, pa, order, count) runs); stops at the first failure.
+        """
+        kho = self.kernel.kho
+        restored = 0
+        runs: list[tuple[int, int, int, int]] = []
+        groups = list(recs.runs(start))
+        while groups:
+            i0, n = groups.pop(0)
+            pa = int(recs.pfn[i0]) << PAGE_SHIFT
+            order = kho.in_magic.get(pa >> PAGE_SHIFT)
+            if order is None:  # no magic: kho_restore_folio() warns and fails
+                kho.restore_folio(pa)
+                return restored, runs
+            if n > 1 and int(recs.pfn[i0 + 1] - recs.pfn[i0]) != 1 << order:
+                # records that do not step by this folio's size: one at a time
+                groups[:0] = [(i0 + j, 1) for j in range(1, n)]
+                n = 1
+            got = kho.restore_folio_run(pa, order, n)
+            if got:
+                runs.append((int(recs.index[i0]), pa, order, got))
+            restored += got
+            if got < n:
+                return restored, runs
+        return restored, runs
 
     def retrieve(self, args: FileOpArgs) -> None:
         """Models memfd_luo_retrieve(): a new memfd made of the restored folios.
@@ -425,7 +544,7 @@ class MemfdLuoHandler(FileHandler):
         if kho.restore_folio(ser_pa) is None:
             raise KernelError(errno.EINVAL, f"memfd record {ser_pa:#x} was not preserved")
         file: MemfdFile | None = None
-        recs: list[MemfdLuoFolioSer] = []
+        recs = _Recs.empty()
         restored = 0
         try:
             ser = self._read_record(ser_pa)
@@ -433,29 +552,34 @@ class MemfdLuoHandler(FileHandler):
                 raise KernelError(errno.EOPNOTSUPP, f"unknown seals {ser.seals:#x}")
             recs = self._read_folios(ser)
             file = MemfdFile(self.subsys, "luo", install_fd=False)
-            for rec in recs:
-                pa = rec.pfn << PAGE_SHIFT
-                order = kho.restore_folio(pa)
-                if order is None:
-                    raise KernelError(errno.EIO, f"folio {pa:#x} could not be restored")
-                restored += 1
-                if not file.folio_map:
+            restored, runs = self._restore_runs(recs, 0)
+            for index, pa, order, count in runs:
+                if not file.nr_folios:
                     file.folio_order = min(order, MAX_MEMFD_FOLIO_ORDER)
-                file._add_folio(rec.index, pa, order)
+                file._add_run(index, pa, order, count)
+            if restored < len(recs):
+                pa = int(recs.pfn[restored]) << PAGE_SHIFT
+                raise KernelError(errno.EIO, f"folio {pa:#x} could not be restored")
             file.size = ser.size
             file.pos = ser.pos
             file.seals = ser.seals if isinstance(ser, MemfdLuoSerV2) else F_SEAL_SEAL
         except KernelError:
             if file is not None:
                 file.put()  # frees the folios restored so far
-            for rec in recs[restored + 1:]:
-                pa = rec.pfn << PAGE_SHIFT
-                if kho.restore_folio(pa) is not None:
-                    k.mm.free_pages(pa)
+            self._restore_and_free(recs, restored + 1)
             raise
         finally:
             k.mm.free_pages(ser_pa)
         args.file = file
+
+    def _restore_and_free(self, recs: _Recs, start: int) -> None:
+        """Restore every record from ``start`` that still can be, and free it."""
+        mm = self.kernel.mm
+        while start < len(recs):
+            got, runs = self._restore_runs(recs, start)
+            for _index, pa, order, count in runs:
+                mm.free_run(pa, order, count)
+            start += got + 1  # past the one that failed
 
     def finish(self, args: FileOpArgs) -> None:
         """Models memfd_luo_finish(): never retrieved → restore and free everything."""
@@ -472,12 +596,41 @@ class MemfdLuoHandler(FileHandler):
             recs = self._read_folios(ser)
         except KernelError as exc:
             k.warn("memfd", f"memfd finish: {exc}")
-            recs = []
-        for rec in recs:
-            pa = rec.pfn << PAGE_SHIFT
-            if kho.restore_folio(pa) is not None:
-                k.mm.free_pages(pa)
+            recs = _Recs.empty()
+        self._restore_and_free(recs, 0)
         k.mm.free_pages(ser_pa)
+
+
+@dataclass
+class _Recs:
+    """The decoded folio array: pfn and index per record (int64 arrays)."""
+
+    pfn: np.ndarray
+    index: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Recs:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.pfn.size)
+
+    def runs(self, start: int) -> Iterator[tuple[int, int]]:
+        """(first record, records) from ``start``: records whose folios follow on
+        in memory and in the file by one constant step."""
+        n = len(self)
+        if start >= n:
+            return
+        dp = np.diff(self.pfn[start:])
+        di = np.diff(self.index[start:])
+        same = np.ones(dp.size, dtype=bool)
+        same[1:] = dp[1:] == dp[:-1]
+        cont = (dp == di) & (dp > 0) & same
+        breaks = np.flatnonzero(~cont) + 1
+        firsts = np.concatenate(([0], breaks))
+        lasts = np.concatenate((breaks, [n - start]))
+        for a, b in zip(firsts.tolist(), lasts.tolist()):
+            yield start + a, b - a
 
 
 class MemfdSubsystem:

@@ -3,13 +3,19 @@
 Each kernel builds its own from scratch at boot: free = all RAM minus what
 firmware, scratch and the incoming KHO map reserve.  Allocation is
 first-fit over naturally aligned blocks; fragmentation is not modelled.
+
+Bulk paths (:meth:`PageAllocator.alloc_pages_bulk`, :meth:`free_run`,
+:meth:`reserve_many`, :meth:`adopt_run`) give the same result as the
+per-block calls they replace, at a cost per run of contiguous blocks rather
+than per block: :class:`AllocMap` records allocations as runs.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from luosim.errors import KernelError
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
@@ -26,6 +32,107 @@ def order_for(size: int) -> int:
     return (pages - 1).bit_length()
 
 
+class AllocMap:
+    """head pfn -> order of every allocated block, stored as runs.
+
+    A run ``(start, order, count)`` stands for ``count`` contiguous blocks of
+    ``order``; single blocks are runs of one.  Behaves like the dict it
+    replaces for ``get``/``pop``/``[]=``/``in``/``len``/``items``.
+    """
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._runs: list[tuple[int, int, int]] = []  # (start, order, count)
+        self._len = 0
+
+    def _find(self, pfn: int) -> int | None:
+        i = bisect.bisect_right(self._starts, pfn) - 1
+        if i < 0:
+            return None
+        start, order, count = self._runs[i]
+        off = pfn - start
+        if off >= count << order or off & ((1 << order) - 1):
+            return None
+        return i
+
+    def get(self, pfn: int, default: int | None = None) -> int | None:
+        i = self._find(pfn)
+        return default if i is None else self._runs[i][1]
+
+    def __contains__(self, pfn: object) -> bool:
+        return isinstance(pfn, int) and self._find(pfn) is not None
+
+    def __getitem__(self, pfn: int) -> int:
+        i = self._find(pfn)
+        if i is None:
+            raise KeyError(pfn)
+        return self._runs[i][1]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def add_run(self, start: int, order: int, count: int) -> None:
+        """Blocks ``start + k << order`` (k < count), none of them allocated yet."""
+        if count <= 0:
+            return
+        i = bisect.bisect_left(self._starts, start)
+        if i > 0:  # extend the run just before when it continues
+            s, o, c = self._runs[i - 1]
+            if o == order and s + (c << o) == start:
+                self._runs[i - 1] = (s, o, c + count)
+                self._len += count
+                return
+        self._starts.insert(i, start)
+        self._runs.insert(i, (start, order, count))
+        self._len += count
+
+    def __setitem__(self, pfn: int, order: int) -> None:
+        self.pop(pfn, None)
+        self.add_run(pfn, order, 1)
+
+    def pop(self, pfn: int, default: Any = None) -> Any:
+        i = self._find(pfn)
+        if i is None:
+            return default
+        start, order, count = self._runs[i]
+        k = (pfn - start) >> order
+        parts = [(start, order, k), (pfn + (1 << order), order, count - k - 1)]
+        parts = [p for p in parts if p[2] > 0]
+        self._starts[i:i + 1] = [p[0] for p in parts]
+        self._runs[i:i + 1] = parts
+        self._len -= 1
+        return order
+
+    def pop_run(self, start: int, order: int, count: int) -> bool:
+        """Remove ``count`` blocks of ``order`` from ``start``; False (nothing
+        removed) unless they are all allocated with that order in one run."""
+        i = self._find(start)
+        if i is None:
+            return False
+        s, o, c = self._runs[i]
+        k = (start - s) >> o
+        if o != order or k + count > c:
+            return False
+        parts = [(s, o, k), (start + (count << o), o, c - k - count)]
+        parts = [p for p in parts if p[2] > 0]
+        self._starts[i:i + 1] = [p[0] for p in parts]
+        self._runs[i:i + 1] = parts
+        self._len -= count
+        return True
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        return list(self._runs)
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        for start, order, count in self._runs:
+            for k in range(count):
+                yield start + (k << order), order
+
+    def __iter__(self) -> Iterator[int]:
+        for pfn, _order in self.items():
+            yield pfn
+
+
 class PageAllocator:
     """``memory`` given and ``poison_on_free``: freed blocks are poisoned at once,
     as with ``init_on_free=1``/page poisoning, so a use-after-free reads 0x6b
@@ -38,7 +145,7 @@ class PageAllocator:
         self._starts: list[int] = []  # sorted free extents [start, end) in pfns
         self._ends: list[int] = []
         self.total_pages = mem_size >> PAGE_SHIFT
-        self.allocated: dict[int, int] = {}  # head pfn -> order
+        self.allocated = AllocMap()  # head pfn -> order
         self._add_free(LOW_RESERVED >> PAGE_SHIFT, self.total_pages)
 
     # -- extent bookkeeping -----------------------------------------------------
@@ -77,6 +184,53 @@ class PageAllocator:
     def reserve(self, pa: int, size: int) -> None:
         """``memblock_reserve()``: never hand out [pa, pa + size)."""
         self._take(pa >> PAGE_SHIFT, -(-(pa + size) // PAGE_SIZE))
+
+    def reserve_many(self, starts: Any, ends: Any) -> None:
+        """``memblock_reserve()`` of many pfn ranges [start, end) at once (arrays)."""
+        from luosim.hw.memory import merge_ranges
+        ms, me = merge_ranges(starts, ends)
+        for a, b in zip(ms.tolist(), me.tolist()):
+            self._take(a, b)
+
+    def alloc_pages_bulk(self, order: int, count: int) -> list[tuple[int, int]]:
+        """``count`` blocks of ``order``, as ``count`` calls of :meth:`alloc_pages`
+        would hand them out (first fit), returned as (pa, blocks) runs.
+
+        ENOMEM (nothing taken) when they do not all fit.
+        """
+        n = 1 << order
+        plan: list[tuple[int, int]] = []  # (head pfn, blocks)
+        left = count
+        for s, e in zip(self._starts, self._ends):
+            if not left:
+                break
+            head = -(-s // n) * n
+            fit = max(0, (e - head) // n)
+            if fit:
+                take = min(fit, left)
+                plan.append((head, take))
+                left -= take
+        if left:
+            raise KernelError(errno.ENOMEM, f"no room for {count} blocks of order {order}")
+        for head, take in plan:
+            self._take(head, head + (take << order))
+            self.allocated.add_run(head, order, take)
+        return [(head << PAGE_SHIFT, take) for head, take in plan]
+
+    def free_run(self, pa: int, order: int, count: int) -> None:
+        """``count`` :meth:`free_pages` of contiguous blocks of ``order`` from ``pa``."""
+        head = pa >> PAGE_SHIFT
+        if not self.allocated.pop_run(head, order, count):
+            for k in range(count):
+                self.free_pages(pa + (k << (order + PAGE_SHIFT)), order)
+            return
+        if self.memory is not None and self.poison_on_free:
+            self.memory.poison(pa, (PAGE_SIZE << order) * count)
+        self._add_free(head, head + (count << order))
+
+    def adopt_run(self, pa: int, order: int, count: int) -> None:
+        """:meth:`adopt` of ``count`` contiguous blocks of ``order``."""
+        self.allocated.add_run(pa >> PAGE_SHIFT, order, count)
 
     def alloc_pages(self, order: int) -> int:
         """``alloc_pages()`` -> physical address; ENOMEM when nothing fits."""

@@ -1,0 +1,146 @@
+"""Bulk (numpy) paths over the ``kho-v2`` radix memory map.
+
+Same format and same errors as :func:`luosim.abi.kho.walk_radix_tree`, for
+hand-overs of millions of blocks: the intermediate nodes (a few per GiB of
+preserved memory) are walked in Python, every leaf bitmap is decoded at once
+with numpy.  Layout per include/linux/kho/abi/kexec_handover.h
+(torvalds/linux, "kho: radix tree" series): key
+``(1 << (52 - order)) | (pa >> (12 + order))``, leaves of 32768 bits,
+intermediate tables of 512 u64 physical addresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from luosim.abi.errors import DecodeError
+from luosim.abi.kho import (
+    KHO_BITMAP_SIZE_LOG2,
+    KHO_FDT_MEMORY_MAP_PROP_NAME,
+    KHO_ORDER_0_LOG2,
+    KHO_TABLE_SIZE_LOG2,
+    KHO_TREE_MAX_DEPTH,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    decode_key,
+)
+
+_SAFE_KEY = 1 << (KHO_ORDER_0_LOG2 + 1)  # keys below decode exactly in int64 arithmetic
+
+
+@dataclass
+class RadixWalk:
+    """Preserved blocks in walk order as runs (``count`` blocks of ``order`` from
+    ``pa``, consecutive keys), the nodes visited, and the error that stopped
+    the walk (None when it completed)."""
+
+    pa: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    nodes: list[int] = field(default_factory=list)
+    error: DecodeError | None = None
+
+    @property
+    def nr_blocks(self) -> int:
+        return int(self.count.sum())
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Every (pa, order), as the generator yields them (tests, small walks)."""
+        return [(pa + (k << (PAGE_SHIFT + o)), o)
+                for pa, o, n in zip(self.pa.tolist(), self.order.tolist(), self.count.tolist())
+                for k in range(n)]
+
+
+def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``kho_radix_decode_key()`` of int64 keys in [1, 2**53): (pa uint64, order int64)."""
+    _m, exp = np.frexp(keys.astype(np.float64))  # exact: keys < 2**53
+    order = (KHO_ORDER_0_LOG2 + 1 - exp).astype(np.int64)
+    low = keys & ~np.left_shift(np.int64(1), KHO_ORDER_0_LOG2 - order)
+    pa = np.left_shift(low.astype(np.uint64), (PAGE_SHIFT + order).astype(np.uint64))
+    return pa, order
+
+
+def _leaf_runs(page: bytes, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of set bits of a leaf whose keys all have one order (start >= 2**15)."""
+    bits = np.unpackbits(np.frombuffer(page, dtype=np.uint8), bitorder="little").astype(np.int8)
+    edges = np.diff(np.concatenate(([0], bits, [0])).astype(np.int8))
+    first = np.flatnonzero(edges == 1)
+    count = np.flatnonzero(edges == -1) - first
+    pa, order = decode_keys(first.astype(np.int64) | np.int64(start))
+    return pa, order, count.astype(np.int64)
+
+
+def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size: int,
+                      max_nodes: int = 1 << 20) -> RadixWalk:
+    """:func:`~luosim.abi.kho.walk_radix_tree` in bulk, as runs of blocks (cost per
+    node and run, not per block); never raises DecodeError: the walk stops where
+    the generator would have raised, keeping what it yielded."""
+    out = RadixWalk()
+    pas: list[np.ndarray] = []
+    orders: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    seen = 0
+
+    def check_ptr(pa: int, where: str) -> None:
+        if pa % PAGE_SIZE or pa + PAGE_SIZE > mem_size:
+            raise DecodeError("kho radix tree", 0, where,
+                              f"node pointer {pa:#x} is not a page in RAM", kind="bad-pointer")
+
+    def leaf(node_pa: int, page: bytes, start: int) -> None:
+        if 0 < start < _SAFE_KEY and start + (1 << KHO_BITMAP_SIZE_LOG2) <= _SAFE_KEY:
+            pa, order, count = _leaf_runs(page, start)
+            pas.append(pa)
+            orders.append(order)
+            counts.append(count)
+            return
+        # keys that do not fit the fast path: bit by bit, exactly as the generator
+        bits = int.from_bytes(page, "little")
+        got_pa: list[int] = []
+        got_order: list[int] = []
+        try:
+            while bits:
+                low = bits & -bits
+                i = low.bit_length() - 1
+                bits ^= low
+                pa_i, order_i = decode_key(start | i)
+                if order_i < 0 or order_i > KHO_ORDER_0_LOG2:
+                    raise DecodeError("kho radix tree", node_pa, "bitmap",
+                                      f"key {start | i:#x} decodes to no order", kind="bad-value")
+                got_pa.append(pa_i)
+                got_order.append(order_i)
+        finally:
+            pas.append(np.array(got_pa, dtype=np.uint64))
+            orders.append(np.array(got_order, dtype=np.int64))
+            counts.append(np.ones(len(got_pa), dtype=np.int64))
+
+    def walk(node_pa: int, level: int, start: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > max_nodes:
+            raise DecodeError("kho radix tree", 0, "table", f"more than {max_nodes} nodes",
+                              kind="cycle")
+        out.nodes.append(node_pa)
+        page = read_page(node_pa)
+        if level == 0:
+            leaf(node_pa, page, start)
+            return
+        shift = (level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2
+        table = np.frombuffer(page, dtype="<u8")
+        for i in np.flatnonzero(table).tolist():
+            child = int(table[i])
+            check_ptr(child, f"level{level}.table[{i}]")
+            walk(child, level - 1, start | (i << shift))
+
+    try:
+        check_ptr(root_pa, KHO_FDT_MEMORY_MAP_PROP_NAME)
+        walk(root_pa, KHO_TREE_MAX_DEPTH - 1, 0)
+    except DecodeError as exc:
+        out.error = exc
+    if pas:
+        out.pa = np.concatenate(pas)
+        out.order = np.concatenate(orders)
+        out.count = np.concatenate(counts)
+    return out

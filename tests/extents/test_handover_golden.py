@@ -1,0 +1,27 @@
+"""The extent model hands over the same bytes as the per-folio model did.
+
+Digests recorded from main at 9dc9c4e (per-folio model) with
+tests/extents/handover_digest.py; every byte of the hand-over metadata and,
+for small-host and the API case, of the guest RAM must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.extents.handover_digest import api_digests, run_digests
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "handover_golden.json").read_text())
+RAM_ORDER = {"small-host.yaml": 9}
+
+
+@pytest.mark.parametrize("example", [k for k in GOLDEN if k.endswith(".yaml")])
+def test_scenario_handover_bytes_unchanged(example: str) -> None:
+    assert run_digests(example, RAM_ORDER.get(example, 3)) == GOLDEN[example]
+
+
+def test_api_memfds_handover_and_content_unchanged() -> None:
+    assert api_digests() == GOLDEN["api"]
