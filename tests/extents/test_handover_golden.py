@@ -1,7 +1,10 @@
 """The extent model hands over the same bytes as the per-folio model did.
 
-Digests recorded from main at 9dc9c4e (per-folio model) with
-tests/extents/handover_digest.py; every byte of the hand-over metadata and,
+Digests recorded with tests/extents/handover_digest.py from the per-folio
+model: first at 9dc9c4e, then re-recorded on the integration branch just
+before the extent model was merged (after the ABI layouts, the kho-v3 root
+and kexec-metadata changed the hand-over on purpose), and checked identical
+with the extent model merged; every byte of the hand-over metadata and,
 for small-host and the API case, of the guest RAM must be identical.
 """
 

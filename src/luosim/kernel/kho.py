@@ -207,7 +207,7 @@ class PreservedBlocks:
             return
         if key not in self:
             raise KeyError(key)
-        self._del(*key)
+        self.discard(key)
         self.add(key, owner)
 
     def owner(self, key: tuple[int, int], default: str = "?") -> str:

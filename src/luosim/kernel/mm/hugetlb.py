@@ -327,6 +327,18 @@ class HugetlbMemfdFile(MemfdFile):
 
     folio_list = folios
 
+    def folio_runs(self) -> list[tuple[int, int, int, int]]:
+        """(index, pa, order, 1) per huge page: pool pages are not contiguous runs."""
+        return [(i, pa, o, 1) for i, pa, o in self.folios()]
+
+    def folio_spans(self) -> list[tuple[int, int, int]]:
+        """(index, pa, pages) per huge page: what a mapping of the file needs."""
+        return [(i, pa, 1 << o) for i, pa, o in self.folios()]
+
+    @property
+    def nr_folios(self) -> int:
+        return len(self.pages)
+
     def _free_from(self, hidx: int) -> None:
         for i in [i for i in self.pages if i >= hidx]:
             self.hsubsys.free_folio(self.hstate, self.pages.pop(i))
