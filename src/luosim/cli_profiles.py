@@ -33,9 +33,11 @@ def profiles_cmd(as_json: JsonOpt = False) -> None:
     for layer in LAYERS:
         t.add_column(layer)
     for p in PROFILES.values():
-        cells = [str(row["compatible"] or "-") if row["layer"] != "pci"
-                 else f"{row['version']} ({row['compatible']})" if row["version"] else "-"
-                 for row in p.layers()]
+        # the version, and the compatible on the wire where it is another string
+        # (PCI v6/v7 "pci-v2"; the 6- and 9-byte vfio records are both "vfio-pci-v1")
+        cells = ["-" if row["version"] is None else str(row["version"])
+                 if row["version"] == row["compatible"]
+                 else f"{row['version']} ({row['compatible']})" for row in p.layers()]
         t.add_row(p.name, *cells)
     out.print(t)
     src = Table(title="sources (tree, commit, header) per profile and layer", show_lines=False)

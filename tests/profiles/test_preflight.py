@@ -101,3 +101,34 @@ def test_memfd_mismatch_is_refused_at_retrieve(monkeypatch: pytest.MonkeyPatch) 
         v = preflight(get_profile(old), get_profile(new), uses_of(sc), sc.policy)
         assert result.outcome == v.outcome == "refused", (result.outcome, v.why)
         assert "EIO" in str(result.error) and v.why.startswith("memfd:")
+
+
+def test_vfio_compatible_with_two_layouts_is_refused_at_retrieve(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """"vfio-pci-v1" names the 6-byte v5 record and the 9-byte IOMMU v1 one: a test-only
+    build that differs from iommu-v1 only there misreads (domain, bdf); both agree: ENODEV."""
+    from dataclasses import replace
+
+    from luosim.scenario.runner import run
+    from luosim.scenario.schema import KernelSpec, KernelsSpec
+    monkeypatch.setitem(PROFILES, "iommu-v1-6b",
+                        replace(PROFILES["iommu-v1"], name="iommu-v1-6b", vfio_abi="vfio-pci-v1"))
+    sc = load_scenario(EX / "small-host.yaml")
+    for old, new in (("iommu-v1", "iommu-v1-6b"), ("iommu-v1-6b", "iommu-v1")):
+        kernels = KernelsSpec(before=KernelSpec(profile=old), after=[KernelSpec(profile=new)])
+        result = run(sc.model_copy(update={"kernels": kernels}))
+        v = preflight(get_profile(old), get_profile(new), uses_of(sc), sc.policy)
+        assert result.outcome == v.outcome == "refused", (result.outcome, v.why)
+        assert "ENODEV" in str(result.error) and v.why.startswith("vfio:")
+
+
+@pytest.mark.parametrize("name", ["anolis-iommu-v3", "iommu-v1"])
+def test_token_vfio_profiles_run_end_to_end(name: str) -> None:
+    """The profiles that reach vfio-pci-v2 and the 9-byte record update to themselves."""
+    from luosim.scenario.runner import run
+    from luosim.scenario.schema import KernelSpec, KernelsSpec
+    sc = load_scenario(EX / "small-host.yaml")
+    kernels = KernelsSpec(before=KernelSpec(profile=name), after=[KernelSpec(profile=name)])
+    result = run(sc.model_copy(update={"kernels": kernels}))
+    assert result.outcome == "ok", result.error
+    assert preflight(get_profile(name), get_profile(name), uses_of(sc)).outcome == "ok"

@@ -12,11 +12,56 @@ from luosim.kernel.profiles import LAYER_VERSIONS, LAYERS, PROFILES, get_profile
 runner = CliRunner()
 
 
+def _codec_versions() -> dict[str, set[str]]:
+    """Every version luosim can write, read straight off the codec registries (not
+    off profiles.LAYER_VERSIONS), so a new codec without a profile fails below."""
+    from luosim.abi import iommu, kho, luo, memfd, pci, vfio
+    from luosim.abi.kexec_metadata import KHO_KEXEC_METADATA_VERSION
+    from luosim.abi.memblock import MEMBLOCK_KHO_NODE_COMPATIBLE
+    from luosim.abi.versions import ABI_VERSIONS
+    pci_versions = {name.removeprefix("PciSer").lower() for name in dir(pci)
+                    if name.startswith("PciSerV")}
+    found = {
+        "kho": set(kho.KHO_ROOT_VERSIONS),
+        "luo": {luo.LUO_FDT_COMPATIBLE, luo.LUO_V5_COMPATIBLE},
+        "memfd": {getattr(memfd, n) for n in dir(memfd) if n.startswith("MEMFD_LUO_FH_COMPAT")},
+        "pci": pci_versions,
+        "vfio": set(vfio.VFIO_LAYOUTS),
+        "iommu": set(iommu.IOMMU_ABIS),
+        "iommufd": {iommu.IOMMUFD_LUO_FH_COMPATIBLE},
+        "kexec-metadata": {f"v{KHO_KEXEC_METADATA_VERSION}"},
+        "memblock": {MEMBLOCK_KHO_NODE_COMPATIBLE},
+    }
+    assert set(found) == set(LAYERS) == set(ABI_VERSIONS)
+    for layer, versions in found.items():  # the sources table covers every codec
+        assert versions == set(ABI_VERSIONS[layer]) == set(LAYER_VERSIONS[layer]), layer
+    return found
+
+
 def test_every_codec_version_is_reachable_from_a_profile() -> None:
     """Issue #10: add profiles until every ABI version with a codec is reachable."""
-    for layer, versions in LAYER_VERSIONS.items():
+    found = _codec_versions()
+    assert found["pci"] == {"v6", "v7", "v9"} and len(found["vfio"]) == 3
+    for layer, versions in found.items():
         have = {p.layer(layer) for p in PROFILES.values()}
-        assert set(versions) <= have, (layer, set(versions) - have)
+        assert versions <= have, (layer, versions - have)
+
+
+def test_layer_sources_are_the_codecs_own() -> None:
+    """One source of truth: a profile cites what its codec declares it follows."""
+    from luosim.abi.iommu import IOMMU_ABIS
+    from luosim.abi.vfio import VFIO_LAYOUTS
+    for p in PROFILES.values():
+        if p.iommu_abi is not None:
+            assert p.source("iommu") == IOMMU_ABIS[p.iommu_abi].source
+        if p.vfio_abi is not None:
+            assert p.source("vfio") == VFIO_LAYOUTS[p.vfio_abi].SOURCE
+            assert p.compatible("vfio") == VFIO_LAYOUTS[p.vfio_abi].COMPATIBLE
+    # "iommu-liveupdate" writes pran005 22fa8f30, not samikhawaja 07a49313 (decode-only)
+    assert "pran005/linux@22fa8f30" in str(get_profile("v9").source("iommu"))
+    assert "anolis-cloud-kernel@5a52741a" in str(get_profile("anolis-iommu-v3").source("vfio"))
+    assert "d835969e" in str(get_profile("iommu-v1").source("vfio"))
+    assert "iommufd.h" in str(get_profile("v9").source("iommufd"))
 
 
 def test_every_present_layer_names_a_source_and_known_version() -> None:
@@ -43,6 +88,23 @@ def test_luo_v5_kernels_write_a_blob_size_root() -> None:
         if p.luo_abi == "luo-v5":
             assert p.kho_abi in ("kho-v3", "kho-v4"), p.name
             assert p.kexec_metadata == "v1"
+
+
+def test_vfio_and_iommu_layouts_follow_the_layer_versions() -> None:
+    """The kernel picks record layouts by layer version.  Expected sizes and token
+    offsets from the headers: anolis-cloud-kernel 5a52741a vfio_pci.h {u32 domain; u16
+    bdf; u8 reset_works; u32 token} __packed = 11 B, token @7; samikhawaja d835969e
+    {u16 bdf; u16 domain; u8 reset_works} + the IOMMU v1 u32 token = 9 B, token @5;
+    VFIO v5 {u32 domain; u16 bdf} = 6 B, no token."""
+    from luosim.hw.machine import Machine
+    want = {"anolis-iommu-v3": ("vfio-pci-v2", 11, 7), "iommu-v1": ("vfio-pci-v1", 9, 5),
+            "v9": ("vfio-pci-v1", 6, None)}
+    for name, (compat, size, token_at) in want.items():
+        k = Machine(1 << 30).boot(name, cmdline="liveupdate=1")
+        layout = k.vfio.handler.layout
+        assert (k.vfio.handler.compatible, layout.SIZE) == (compat, size), name
+        assert layout.OFFSETS.get("iommufd_ser.token") == token_at
+        assert k.iommu.flb.abi.compatible == k.profile.iommu_abi
 
 
 def test_mainline_kernel_boots_without_pci_hooks() -> None:

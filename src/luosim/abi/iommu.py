@@ -56,6 +56,9 @@ IOMMU_LUO_FLB_VERSION = 1
 IOMMU_LUO_FLB_COMPATIBLE_LU_V1 = "iommu-liveupdate-v1"
 #: iommufd file handler (the IOMMU FLB is linked to it, not to vfio).
 IOMMUFD_LUO_FH_COMPATIBLE = "iommufd-v1"
+#: ``struct iommufd_ser`` {u64 nr_hwpts; iommufd_hwpt_ser[]} and the compatible
+#: (encoded by luosim.kernel.iommu.iommufd).
+IOMMUFD_H = "samikhawaja/linux@fd339b51 include/linux/kho/abi/iommufd.h"
 
 #: ``enum iommu_type_ser`` (ef754267; 22fa8f30 adds IOMMU_ARM_SMMUV3 = 2).
 IOMMU_INVALID = 0

@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from luosim.abi.versions import ABI_VERSIONS, source_of
+from luosim.abi.vfio import VFIO_LAYOUTS
+
 # policy name -> allowed values; every policy a profile has must be listed here
 POLICIES: dict[str, tuple[str, ...]] = {
     # pci.md §9: v6 as posted WARNs and continues; agreed in review and v7+: panic
@@ -35,38 +38,10 @@ POLICIES: dict[str, tuple[str, ...]] = {
 LAYERS: tuple[str, ...] = ("kho", "luo", "memfd", "pci", "vfio", "iommu", "iommufd",
                            "kexec-metadata", "memblock")
 
-#: Every version a layer can have in luosim (each one has a codec).
-LAYER_VERSIONS: dict[str, tuple[str, ...]] = {
-    "kho": ("kho-v2", "kho-v3", "kho-v4"),
-    "luo": ("luo-v1", "luo-v5"),
-    "memfd": ("memfd-v1", "memfd-v2"),
-    "pci": ("v6", "v7", "v9"),
-    "vfio": ("vfio-pci-v1",),
-    "iommu": ("iommu-liveupdate", "iommu-liveupdate-v1"),
-    "iommufd": ("iommufd-v1",),
-    "kexec-metadata": ("v1",),
-    "memblock": ("memblock-v1",),
-}
-
-# Where each version is read.  Every entry: tree, commit, header.
-SRC_KHO_V2 = "torvalds/linux 3f2ad900 include/linux/kho/abi/kexec_handover.h"
-SRC_KHO_V3 = "gregkh/linux 9d87d0fc include/linux/kho/abi/kexec_handover.h"
-SRC_KHO_V4 = ("LUO linked-block series v7 07/13 (kexec_handover.h kho-v3 -> kho-v4 "
-              "with block.h, torvalds/linux 637315cb include/linux/kho/abi/block.h)")
-SRC_LUO_V1 = "torvalds/linux cab056f2 include/linux/kho/abi/luo.h (LUO 7.0, luo-v1 FDT)"
-SRC_LUO_V5 = "torvalds/linux cc4adab1 include/linux/kho/abi/luo.h (luo-v5)"
-SRC_MEMFD_V1 = "torvalds/linux ac2d8102 include/linux/kho/abi/memfd.h (memfd-v1)"
-SRC_MEMFD_V2 = ("spec luo.md §0 P4 (7.3): memfd-v2 with seals (the header was not found in "
-                "the stored trees; torvalds/linux 32cb2729 still has memfd-v1)")
-SRC_PCI_V6 = "PCI live-update series v6 (May 2026) include/linux/kho/abi/pci.h"
-SRC_PCI_V7 = "PCI live-update series v7 (Jul 2026) include/linux/kho/abi/pci.h"
-SRC_PCI_V9 = "dmatlack/linux PCI v9-era snapshot (Sep 2026) include/linux/kho/abi/pci.h"
-SRC_VFIO = "vfio/pci live-update series v5 include/linux/kho/abi/vfio_pci.h"
-SRC_IOMMU = "samikhawaja/linux 07a49313 include/linux/kho/abi/iommu.h"
-SRC_IOMMU_LU1 = "samikhawaja/linux ef754267 include/linux/kho/abi/iommu.h"
-SRC_IOMMUFD = "samikhawaja/linux 07a49313 drivers/iommu/iommufd/liveupdate.c"
-SRC_KEXEC_META = "torvalds/linux 40735a68 include/linux/kho/abi/kexec_metadata.h"
-SRC_MEMBLOCK = "torvalds/linux c17ee635 include/linux/kho/abi/memblock.h"
+#: Every version a layer can have in luosim: one per codec, read off the codec
+#: registries (luosim.abi.versions), so a new codec shows up here by itself.
+LAYER_VERSIONS: dict[str, tuple[str, ...]] = {layer: tuple(ABI_VERSIONS[layer])
+                                              for layer in LAYERS}
 
 
 @dataclass(frozen=True)
@@ -85,7 +60,6 @@ class Profile:
     iommufd_abi: str | None = "iommufd-v1"
     kexec_metadata: str | None = None  # "v1": KHO_KEXEC_METADATA_VERSION 1
     memblock_abi: str | None = "memblock-v1"
-    sources: Mapping[str, str] = field(default_factory=dict)
     # iommufd live update: "phase1" (retrieve EOPNOTSUPP, never finishes) or
     # "phase2" (RETRIEVE_FD + IOMMU_HWPT_LU_RESTORE; luosim.kernel.iommu.iommufd)
     iommufd_lu: str = "phase1"
@@ -117,17 +91,27 @@ class Profile:
         }[name]
         return value
 
+    def compatible(self, name: str) -> str | None:
+        """The compatible layer ``name`` writes on the wire (one compatible may name
+        several layouts: PCI v6/v7 "pci-v2", vfio 6- and 9-byte "vfio-pci-v1")."""
+        version = self.layer(name)
+        if version is None:
+            return None
+        if name == "pci":
+            return self.pci_compat
+        if name == "vfio":
+            return VFIO_LAYOUTS[version].COMPATIBLE
+        return version
+
+    def source(self, name: str) -> str | None:
+        """Tree, commit and header of layer ``name``: the codec's own citation."""
+        version = self.layer(name)
+        return None if version is None else source_of(name, version)
+
     def layers(self) -> list[dict[str, str | None]]:
         """Per layer: version (None = absent), the compatible on the wire, and the source."""
-        rows: list[dict[str, str | None]] = []
-        for name in LAYERS:
-            version = self.layer(name)
-            wire = version
-            if name == "pci" and version is not None:
-                wire = self.pci_compat
-            rows.append({"layer": name, "version": version, "compatible": wire,
-                         "source": self.sources.get(name) if version is not None else None})
-        return rows
+        return [{"layer": name, "version": self.layer(name), "compatible": self.compatible(name),
+                 "source": self.source(name)} for name in LAYERS]
 
     def policy(self, name: str) -> str:
         try:
@@ -156,50 +140,58 @@ def check_policy(key: str, value: str) -> None:
 _DEFAULTS = {"pci.retrieve_failure": "panic", "pci.v6_compat": "pci-v3",
              "dma.mode": "reset-at-freeze", "iommu.restore_failure": "warn"}
 
-_V1_SOURCES = {"kho": SRC_KHO_V2, "luo": SRC_LUO_V1, "memfd": SRC_MEMFD_V1,
-               "memblock": SRC_MEMBLOCK}
-_V5_SOURCES = {"luo": SRC_LUO_V5, "memfd": SRC_MEMFD_V2, "kexec-metadata": SRC_KEXEC_META,
-               "memblock": SRC_MEMBLOCK}
-_SERIES = {"vfio": SRC_VFIO, "iommu": SRC_IOMMU, "iommufd": SRC_IOMMUFD}
-
 PROFILES: dict[str, Profile] = {
     "v6": Profile("v6", luo_abi="luo-v1", pci_abi="v6", pci_cleanup="v6", pci_bus_rule="v6",
-                  sources={**_V1_SOURCES, **_SERIES, "pci": SRC_PCI_V6},
                   policies=dict(_DEFAULTS),
                   description="PCI series v6 (May 2026) on LUO 7.0 (luo-v1 FDT, kho-v2)"),
     "v7": Profile("v7", luo_abi="luo-v1", pci_abi="v7", pci_cleanup="v7", pci_bus_rule="v6",
-                  sources={**_V1_SOURCES, **_SERIES, "pci": SRC_PCI_V7},
                   policies=dict(_DEFAULTS),
                   description="PCI series v7 (Jul 2026): block-set ABI, retrieve failure panics"),
     "v7-iommu-v3": Profile(
         "v7-iommu-v3", luo_abi="luo-v1", pci_abi="v7", pci_cleanup="v7", pci_bus_rule="v6",
         iommu_abi="iommu-liveupdate-v1",
-        sources={**_V1_SOURCES, **_SERIES, "pci": SRC_PCI_V7, "iommu": SRC_IOMMU_LU1},
         policies=dict(_DEFAULTS),
         description="PCI v7 with the IOMMU series v2/v3 FLB (iommu-liveupdate-v1, unversioned)"),
+    # jackYoung0915/anolis-cloud-kernel: vfio_pci.h 5a52741a ("vfio-pci-v2", 11 B with
+    # the iommufd token), iommu.h c72b106b ("iommu-liveupdate-v1": ef754267's generic
+    # bytes, no VT-d part), LUO FDT luo-v1 (kernel/liveupdate/luo_core.c 19809d4f) and a
+    # fixed-array pci_ser {max_nr_devices, nr_devices, devices[]} (drivers/pci/liveupdate.c
+    # 00b72a17; pci.h not stored, so the compatible is the v6 default, UNCONFIRMED)
+    "anolis-iommu-v3": Profile(
+        "anolis-iommu-v3", luo_abi="luo-v1", pci_abi="v6", pci_cleanup="v6", pci_bus_rule="v6",
+        vfio_abi="vfio-pci-v2", iommu_abi="iommu-liveupdate-v1",
+        policies=dict(_DEFAULTS),
+        description="anolis-cloud-kernel backport: vfio-pci-v2 (reset_works + iommufd token) "
+                    "with the IOMMU v2/v3 FLB iommu-liveupdate-v1 on LUO 7.0 (luo-v1, kho-v2) "
+                    "and a fixed-array PCI FLB"),
+    # The IOMMU v1 series (lore 20260203220948.2176157-1-skhawaja@google.com) appends the
+    # token to samikhawaja d835969e's {u16 bdf; u16 domain; u8 reset_works}; its own FLB
+    # "iommu-v1" (12-byte object header) has no codec, so the series' next FLB stands in.
+    "iommu-v1": Profile(
+        "iommu-v1", luo_abi="luo-v1", pci_abi="v6", pci_cleanup="v6", pci_bus_rule="v6",
+        vfio_abi="vfio-pci-v1-iommu", iommu_abi="iommu-liveupdate-v1",
+        policies=dict(_DEFAULTS),
+        description="IOMMU series v1 (Feb 2026): 9-byte vfio-pci-v1 record with the iommufd "
+                    "token; FLB iommu-liveupdate-v1 stands in for its unmodelled iommu-v1"),
     "v9": Profile("v9", luo_abi="luo-v5", pci_abi="v9", pci_cleanup="v9", pci_bus_rule="v9",
                   kho_abi="kho-v3", memfd_abi="memfd-v2", kexec_metadata="v1",
-                  sources={**_V5_SOURCES, **_SERIES, "kho": SRC_KHO_V3, "pci": SRC_PCI_V9},
                   iommufd_lu="phase2", policies=dict(_DEFAULTS),
                   description="PCI v9-era snapshot (Sep 2026) on LUO 7.3 (luo-v5, kho-v3 "
                               "blob-size, kexec-metadata)"),
     "mainline-7.0": Profile(
         "mainline-7.0", luo_abi="luo-v1", pci_abi="none", pci_cleanup="v6", pci_bus_rule="v6",
         vfio_abi=None, iommu_abi=None, iommufd_abi=None,
-        sources=dict(_V1_SOURCES), policies=dict(_DEFAULTS),
         description="mainline LUO 7.0 (luo-v1 FDT, memfd-v1, kho-v2); no PCI/vfio/IOMMU series"),
     "mainline-7.3": Profile(
         "mainline-7.3", luo_abi="luo-v5", pci_abi="none", pci_cleanup="v9", pci_bus_rule="v9",
         kho_abi="kho-v3", memfd_abi="memfd-v2", kexec_metadata="v1",
         vfio_abi=None, iommu_abi=None, iommufd_abi=None,
-        sources={**_V5_SOURCES, "kho": SRC_KHO_V3}, policies=dict(_DEFAULTS),
         description="mainline LUO 7.3 (luo-v5, memfd-v2, kho-v3 + kexec-metadata); no PCI "
                     "series"),
     "mainline-block": Profile(
         "mainline-block", luo_abi="luo-v5", pci_abi="none", pci_cleanup="v9", pci_bus_rule="v9",
         kho_abi="kho-v4", memfd_abi="memfd-v2", kexec_metadata="v1",
         vfio_abi=None, iommu_abi=None, iommufd_abi=None,
-        sources={**_V5_SOURCES, "kho": SRC_KHO_V4}, policies=dict(_DEFAULTS),
         description="mainline LUO with the linked-block series (block.h, kho-v4); no PCI "
                     "series"),
 }

@@ -20,7 +20,9 @@ the update stops before kexec) or panic.  The rules are the kernel's:
   to decode -> the ``pci.retrieve_failure`` policy (pci.md §3.1, §9).
 * vfio / iommufd / IOMMU: a build without the handler cannot preserve (ENOENT
   at PRESERVE_FD: refused) and cannot take over (devices and IOMMU tables
-  re-initialised under running DMA: lost).
+  re-initialised under running DMA: lost).  A vfio or iommufd file record
+  whose handler compatible the new kernel does not register fails session
+  deserialization, as memfd does (refused at retrieve).
 * kexec-metadata and memblock never stop an update (the kernel warns).
 
 The overall verdict follows the order things happen in a run: refused
@@ -82,7 +84,7 @@ def uses_of(scenario: Any) -> frozenset[str]:
 
 
 def _wire(p: Profile, layer: str) -> str | None:
-    return p.pci_compat if layer == "pci" and p.layer("pci") else p.layer(layer)
+    return p.compatible(layer)
 
 
 def _kho(old: Profile, new: Profile) -> LayerVerdict:
@@ -117,6 +119,11 @@ def _device_layer(layer: str, old: Profile, new: Profile, used: bool,
         return LayerVerdict(layer, ov, nv, "lost",
                             f"the new kernel has no {layer} live-update code: {ow!r} is never "
                             "read; devices and IOMMU are re-initialised under running DMA")
+    if ow != nw and layer in ("vfio", "iommufd"):
+        # a file record whose handler compatible is not registered (luo.md §3.6)
+        return LayerVerdict(layer, ov, nv, "refused",
+                            f"no handler for {ow!r} (the new kernel has {nw!r}): session "
+                            "deserialization fails, RETRIEVE_SESSION -> EIO")
     if ow != nw:
         what = {"pci": "PCI FLB", "iommu": "IOMMU FLB", "vfio": "vfio-pci file handler",
                 "iommufd": "iommufd file handler"}[layer]
@@ -133,6 +140,12 @@ def _device_layer(layer: str, old: Profile, new: Profile, used: bool,
                             f"compatible {ow!r} names the {ov} layout in the old kernel and the "
                             f"{nv} layout in the new: retrieve fails (EINVAL), "
                             f"pci.retrieve_failure={retrieve_failure}")
+    if layer == "vfio" and ov != nv:
+        # vfio-pci-v1 names the 6-byte v5 record and the 9-byte IOMMU v1 one
+        return LayerVerdict(layer, ov, nv, "refused",
+                            f"compatible {ow!r} names the {ov} layout in the old kernel and the "
+                            f"{nv} layout in the new: the record is misread, no device at that "
+                            "(domain, bdf), RETRIEVE_FD -> ENODEV")
     return LayerVerdict(layer, ov, nv, "ok", f"{ow!r} read")
 
 
@@ -196,7 +209,7 @@ def preflight(old: Profile, new: Profile, uses: frozenset[str] = frozenset(LAYER
     if not handed_over:
         # nothing past the KHO root is read: say so, and what would happen otherwise
         rows = [r if r.layer in ("kho", "luo", "kexec-metadata", "memblock")
-                or r.status == "unused" or (r.status == "refused" and r.layer != "memfd")
+                or r.status == "unused" or (r.status == "refused" and r.old is None)
                 else LayerVerdict(r.layer, r.old, r.new, "lost",
                                   f"not reached (no KHO hand-over); otherwise: {r.detail}")
                 for r in rows]
@@ -207,8 +220,11 @@ def _overall(rows: list[LayerVerdict], uses: frozenset[str],
              handed_over: bool) -> tuple[str, str]:
     by = {r.layer: r for r in rows}
     # before kexec: the old kernel cannot preserve (memfd refuses later, at retrieve)
+    # refused at retrieve: the old kernel preserved the file, the new one has no handler
+    at_retrieve = [r for r in rows if r.status == "refused" and r.layer in uses
+                   and r.old is not None and r.new is not None]
     refused = [r for r in rows if r.status == "refused" and r.layer in uses
-               and r.layer != "memfd"]
+               and r not in at_retrieve]
     if refused:
         # the agent preserves iommufd before the vfio cdevs: name the first that fails
         order = ("memfd", "iommufd", "vfio", "iommu", "pci")
@@ -223,9 +239,11 @@ def _overall(rows: list[LayerVerdict], uses: frozenset[str],
     panics = [r for r in rows if r.status == "panic" and r.layer in uses]
     if panics:
         return "panic", f"{panics[0].layer}: {panics[0].detail}"
-    if by["memfd"].status == "refused":
-        return "refused", f"memfd: {by['memfd'].detail}"
+    # a device layer lost at boot (IOMMU units re-initialised, no device incoming) is
+    # unsafe before the agent gets to retrieve anything
     lost = [r for r in rows if r.status == "lost" and r.layer in uses]
     if lost:
         return "unsafe", "; ".join(f"{r.layer}: {r.detail}" for r in lost)
+    if at_retrieve:
+        return "refused", f"{at_retrieve[0].layer}: {at_retrieve[0].detail}"
     return "ok", "every layer the workload uses is read by the new kernel"
