@@ -74,6 +74,8 @@ class _Node:
     records: list[RunRecord] = field(default_factory=list)
     deferred: list[Plan] = field(default_factory=list)  # fork failed: run fresh
     crash: RunCrash | None = None
+    progress: Progress | None = None  # the root's: records in so far, of total
+    total: int = 0
 
     def reindex(self) -> None:
         self.index = {}
@@ -132,6 +134,8 @@ def _receive(node: _Node, data: bytes) -> None:
     node.deferred.extend(deferred)
     if err is not None and node.crash is None:
         node.crash = err
+    if node.progress is not None:
+        node.progress(min(len(node.records), node.total - 1), node.total)
 
 
 def _hook(name: str, occurrence: int) -> Fault | None:
@@ -230,7 +234,7 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
         tokens = os.pipe()
         os.set_blocking(tokens[0], False)
         os.write(tokens[1], b"t" * (jobs - 1))
-    root = _Node(pending, tokens)
+    root = _Node(pending, tokens, progress=progress, total=total)
     root.reindex()
     _node = root
     old_hook = set_branch_hook(_hook)
