@@ -236,3 +236,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("luosim: interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m luosim.cli
+    main()

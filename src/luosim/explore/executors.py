@@ -318,14 +318,17 @@ class DaskExecutor:
     it uses that client (not closed here); with neither it starts a
     ``LocalCluster`` of ``n_workers`` single-threaded worker processes.
     With ``fork`` (the default) each task explores a subtree: its chunk of
-    plans runs as one fork tree (luosim.explore.forking) in the worker.
+    plans (consecutive in plan order, so mostly sharing their first fault)
+    runs as one fork tree (luosim.explore.forking) in the worker.
     """
 
     def __init__(self, scheduler_address: str | None = None, *, client: Any = None,
                  n_workers: int | None = None, timeout: str = "10s",
-                 max_chunk: int = 32, fork: bool = True) -> None:
+                 max_chunk: int | None = None, fork: bool = True) -> None:
         dd: Any = importlib.import_module("dask.distributed")
-        self.max_chunk = max_chunk
+        # a fork tree pays its prefix once per task: few large chunks (about
+        # four per worker); fresh runs gain nothing from size, 32 keeps progress fine
+        self.max_chunk = max_chunk if max_chunk is not None else (1 << 30 if fork else 32)
         self.fork = fork
         self._cluster: Any = None
         self._owns_client = client is None
