@@ -15,10 +15,13 @@ order.  The hook is :func:`luosim.faults.set_branch_hook`: the runner must
 create its injector from :class:`luosim.faults.FaultInjector` (or call
 :func:`luosim.faults.branch` itself, like the tests' toy runner).
 
-Concurrency: ``jobs - 1`` tokens (bytes in a pipe) are shared by the whole
-tree.  A forking process that takes a token lets the child run beside it;
-when none is free it lends the child its own and waits for it, so no process
-ever blocks on a token (no deadlock) and at most ``jobs`` runs progress.
+Concurrency: ``jobs`` tokens (bytes in a pipe) are shared by the whole tree
+and every running process holds one.  A forking process hands its token to
+the child and takes a free one (waiting if none is) before it runs on; a
+process returns its token when its run ends, before it waits for its
+children.  So exactly ``min(jobs, work)`` runs progress at any time and a
+process waits only for a token held by a running one (no deadlock).  While
+waiting it reads its children's pipes, so none blocks on a full pipe.
 ``gc.freeze()`` before each fork keeps the collector from touching (and so
 copying) the parent's heap in the children.
 """
@@ -65,10 +68,9 @@ class _Node:
 
     # plan -> its faults not yet injected on this process's path
     pending: dict[Plan, tuple[Fault, ...]]
-    tokens: tuple[int, int] | None  # (read, write) ends of the token pipe
+    tokens: tuple[int, int]  # (read, write) ends of the token pipe
     is_child: bool = False
     out_fd: int = -1
-    own_token: bool = False
     index: dict[Key, list[Plan]] = field(default_factory=dict)
     children: list[_Child] = field(default_factory=list)
     records: list[RunRecord] = field(default_factory=list)
@@ -88,8 +90,6 @@ _node: _Node | None = None
 
 
 def _take_token(node: _Node) -> bool:
-    if node.tokens is None:
-        return False
     try:
         return len(os.read(node.tokens[0], 1)) == 1
     except BlockingIOError:
@@ -97,31 +97,40 @@ def _take_token(node: _Node) -> bool:
 
 
 def _give_token(node: _Node) -> None:
-    if node.tokens is not None:
-        os.write(node.tokens[1], b"t")
+    os.write(node.tokens[1], b"t")
 
 
-def _drain(node: _Node, *, block: bool, only: _Child | None = None) -> None:
-    """Read what children sent; reap those that finished.  ``block``: until
-    every child (or ``only``) is done."""
-    while True:
-        live = [c for c in node.children if only is None or c is only]
-        if not live:
-            return
-        ready, _, _ = select.select([c.fd for c in live], [], [], None if block else 0)
+def _read_ready(node: _Node, ready: list[int]) -> None:
+    """Read the children whose pipes are ready; reap those that finished."""
+    for c in list(node.children):
+        if c.fd not in ready:
+            continue
+        chunk = os.read(c.fd, 1 << 20)
+        if chunk:
+            c.data += chunk
+            continue
+        os.close(c.fd)
+        os.waitpid(c.pid, 0)
+        node.children.remove(c)
+        _receive(node, bytes(c.data))
+
+
+def _drain(node: _Node, *, block: bool) -> None:
+    """Read what children sent; ``block``: until every child is done."""
+    while node.children:
+        ready, _, _ = select.select([c.fd for c in node.children], [], [],
+                                    None if block else 0)
         if not ready:
             return
-        for c in live:
-            if c.fd not in ready:
-                continue
-            chunk = os.read(c.fd, 1 << 20)
-            if chunk:
-                c.data += chunk
-                continue
-            os.close(c.fd)
-            os.waitpid(c.pid, 0)
-            node.children.remove(c)
-            _receive(node, bytes(c.data))
+        _read_ready(node, ready)
+
+
+def _await_token(node: _Node) -> None:
+    """Take a free token, reading children's pipes while none is."""
+    while not _take_token(node):
+        fds = [node.tokens[0], *(c.fd for c in node.children)]
+        ready, _, _ = select.select(fds, [], [])
+        _read_ready(node, ready)
 
 
 def _receive(node: _Node, data: bytes) -> None:
@@ -159,7 +168,6 @@ def _hook(name: str, occurrence: int) -> Fault | None:
     for f in sorted(by_fault):
         child_plans = by_fault[f]
         _drain(node, block=False)
-        own = _take_token(node)
         r = w = -1
         gc.freeze()
         try:
@@ -169,25 +177,21 @@ def _hook(name: str, occurrence: int) -> Fault | None:
             for fd in (r, w):
                 if fd >= 0:
                     os.close(fd)
-            if own:
-                _give_token(node)
             node.deferred.extend(child_plans)
             continue
-        if pid == 0:  # the child: inject f and run on with these plans only
+        if pid == 0:  # the child: inject f, run on with these plans and our token
             os.close(r)
             for c in node.children:
                 os.close(c.fd)
             if node.out_fd >= 0:
                 os.close(node.out_fd)
-            child_node = _Node(child_plans, node.tokens, True, w, own)
+            child_node = _Node(child_plans, node.tokens, True, w)
             child_node.reindex()
             _become(child_node)
             return f
         os.close(w)
-        child = _Child(pid, r)
-        node.children.append(child)
-        if not own:  # no free core: the child runs on ours, we wait
-            _drain(node, block=True, only=child)
+        node.children.append(_Child(pid, r))
+        _await_token(node)  # the child runs on ours
     return None
 
 
@@ -200,12 +204,11 @@ def _finish_child(node: _Node, result: Any, full: bool) -> None:
     """Send this subtree's records up the tree and leave (never returns)."""
     code = 0
     try:
-        _drain(node, block=True)
         if result is not None:
             node.records.extend(RunRecord.from_result(p, result, full=full)
                                 for p in node.pending)
-        if node.own_token:
-            _give_token(node)
+        _give_token(node)  # before waiting: the children may need it
+        _drain(node, block=True)
         payload = pickle.dumps((node.records, node.deferred, node.crash))
         view = memoryview(payload)
         while view:
@@ -229,11 +232,9 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
     if not plans:
         return []
     pending = {tuple(p): tuple(p) for p in plans}
-    tokens: tuple[int, int] | None = None
-    if jobs > 1:
-        tokens = os.pipe()
-        os.set_blocking(tokens[0], False)
-        os.write(tokens[1], b"t" * (jobs - 1))
+    tokens = os.pipe()
+    os.set_blocking(tokens[0], False)
+    os.write(tokens[1], b"t" * (jobs - 1))  # the root holds the jobs-th
     root = _Node(pending, tokens, progress=progress, total=total)
     root.reindex()
     _node = root
@@ -266,12 +267,12 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
         set_branch_hook(old_hook)
         _node = None
         try:
+            _give_token(root)  # the children still running may need it
             _drain(root, block=True)
         finally:
             gc.unfreeze()
-            if tokens is not None:
-                os.close(tokens[0])
-                os.close(tokens[1])
+            os.close(tokens[0])
+            os.close(tokens[1])
     if root.crash is not None:
         raise root.crash
     root.records.extend(RunRecord.from_result(p, result, full=full) for p in root.pending)
