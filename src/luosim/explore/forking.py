@@ -19,9 +19,12 @@ Concurrency: ``jobs`` tokens (bytes in a pipe) are shared by the whole tree
 and every running process holds one.  A forking process hands its token to
 the child and takes a free one (waiting if none is) before it runs on; a
 process returns its token when its run ends, before it waits for its
-children.  So exactly ``min(jobs, work)`` runs progress at any time and a
-process waits only for a token held by a running one (no deadlock).  While
-waiting it reads its children's pipes, so none blocks on a full pipe.
+children.  So at most ``jobs`` runs progress at any time, and a process
+waits only for a token held by a running one (no deadlock).  A process
+keeps at most ``jobs`` live children (it waits, without its token, for one
+to end before forking another), so the tree holds at most about
+``jobs ** depth`` suspended processes.  Waiting processes read their
+children's pipes, so none blocks on a full pipe.
 ``gc.freeze()`` before each fork keeps the collector from touching (and so
 copying) the parent's heap in the children.
 """
@@ -69,6 +72,7 @@ class _Node:
     # plan -> its faults not yet injected on this process's path
     pending: dict[Plan, tuple[Fault, ...]]
     tokens: tuple[int, int]  # (read, write) ends of the token pipe
+    jobs: int = 1  # also the most live children a process keeps (bounds memory)
     is_child: bool = False
     out_fd: int = -1
     index: dict[Key, list[Plan]] = field(default_factory=dict)
@@ -125,6 +129,19 @@ def _drain(node: _Node, *, block: bool) -> None:
         _read_ready(node, ready)
 
 
+def _make_room(node: _Node) -> None:
+    """Before forking: at most ``jobs`` live children, else a wide tree would
+    park one suspended process (and its dirtied pages) per plan.  Waits
+    without a token, so the children can run."""
+    if len(node.children) < node.jobs:
+        return
+    _give_token(node)
+    while len(node.children) >= node.jobs:
+        ready, _, _ = select.select([c.fd for c in node.children], [], [])
+        _read_ready(node, ready)
+    _await_token(node)
+
+
 def _await_token(node: _Node) -> None:
     """Take a free token, reading children's pipes while none is."""
     while not _take_token(node):
@@ -168,6 +185,7 @@ def _hook(name: str, occurrence: int) -> Fault | None:
     for f in sorted(by_fault):
         child_plans = by_fault[f]
         _drain(node, block=False)
+        _make_room(node)
         r = w = -1
         gc.freeze()
         try:
@@ -185,7 +203,7 @@ def _hook(name: str, occurrence: int) -> Fault | None:
                 os.close(c.fd)
             if node.out_fd >= 0:
                 os.close(node.out_fd)
-            child_node = _Node(child_plans, node.tokens, True, w)
+            child_node = _Node(child_plans, node.tokens, node.jobs, True, w)
             child_node.reindex()
             _become(child_node)
             return f
@@ -235,7 +253,7 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
     tokens = os.pipe()
     os.set_blocking(tokens[0], False)
     os.write(tokens[1], b"t" * (jobs - 1))  # the root holds the jobs-th
-    root = _Node(pending, tokens, progress=progress, total=total)
+    root = _Node(pending, tokens, jobs, progress=progress, total=total)
     root.reindex()
     _node = root
     old_hook = set_branch_hook(_hook)
