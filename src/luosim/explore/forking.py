@@ -82,6 +82,7 @@ class _Node:
     crash: RunCrash | None = None
     progress: Progress | None = None  # the root's: records in so far, of total
     total: int = 0
+    blame: Plan = ()  # the plan a crash of this process is reported for
 
     def reindex(self) -> None:
         self.index = {}
@@ -203,7 +204,8 @@ def _hook(name: str, occurrence: int) -> Fault | None:
                 os.close(c.fd)
             if node.out_fd >= 0:
                 os.close(node.out_fd)
-            child_node = _Node(child_plans, node.tokens, node.jobs, True, w)
+            child_node = _Node(child_plans, node.tokens, node.jobs, True, w,
+                               blame=min(child_plans, key=_plan_key))
             child_node.reindex()
             _become(child_node)
             return f
@@ -211,6 +213,10 @@ def _hook(name: str, occurrence: int) -> Fault | None:
         node.children.append(_Child(pid, r))
         _await_token(node)  # the child runs on ours
     return None
+
+
+def _plan_key(plan: Plan) -> tuple[int, Plan]:
+    return (len(plan), plan)
 
 
 def _become(node: _Node) -> None:
@@ -269,8 +275,7 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
             node = _node
             if node is not None and node.is_child:
                 if isinstance(exc, Exception) and node.crash is None:
-                    first = min(node.pending, default=(), key=lambda p: (len(p), p))
-                    node.crash = crash(first, exc)
+                    node.crash = crash(node.blame, exc)
                 _finish_child(node, None, full)
             raise
         node = _node
@@ -279,8 +284,7 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
     except RunCrash:
         raise
     except Exception as exc:
-        first = min(pending, key=lambda p: (len(p), p))
-        raise crash(first, exc) from exc
+        raise crash(min(pending, key=_plan_key), exc) from exc
     finally:
         set_branch_hook(old_hook)
         _node = None
