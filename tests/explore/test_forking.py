@@ -93,7 +93,10 @@ def test_small_host_depth2_sample_fork_equals_fresh(small: Any) -> None:
     spec, d1, _base = small
     d1_spec = replace(spec, sites=True)
     firsts = d1[::16]  # points spread over the whole run
-    followups = [(p[0], r.reached_map) for p, r in zip(firsts, run_tree(d1_spec, firsts))]
+    d1_records = run_tree(d1_spec, firsts)
+    # call sites (hence the representative occurrences that make plans) match too
+    assert d1_records == [run_one(d1_spec, p) for p in firsts]
+    followups = [(p[0], r.reached_map) for p, r in zip(firsts, d1_records)]
     d2 = depth2_plans(followups)
     sample = d2[::max(1, len(d2) // 40)]
     assert len(sample) >= 30
