@@ -8,10 +8,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # pylibfdt has no wheels: it builds libfdt from source and needs swig and a C compiler.
 # dtc (device-tree-compiler) lets the tests decode our FDTs with the reference tool.
+# chromium: the HTML report is rendered and screenshotted in headless Chromium by the tests.
 sysdeps:
 	@missing=""; \
 	command -v swig >/dev/null || missing="$$missing swig"; \
 	command -v dtc  >/dev/null || missing="$$missing device-tree-compiler"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v cc   >/dev/null || missing="$$missing gcc"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(PYTHON) -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || missing="$$missing python3-dev"; \

@@ -57,11 +57,13 @@ def main() -> dict[str, tuple[str, str, str]]:
     k = k.kexec(PROFILE, cmdline="pci=assign-busses")
     s = k.open_liveupdate().retrieve_session("vm0")
     after = {}
+    iommufd = k.iommufd_mod.open()
     for token, hw_id in enumerate(PRESERVE, 1):
         f = s.retrieve_fd(token)
         pdev = f.pdev  # type: ignore[attr-defined]
         assert pdev.hw.hw_id == hw_id and k.pci_lu.is_incoming(pdev)
         after[hw_id] = pdev.name
+        f.bind_iommufd(iommufd)  # type: ignore[attr-defined]  # vfio can_finish needs it
     s.finish()  # vfio-pci finish -> pci_liveupdate_finish() for each device
     assert not any(k.pci_lu.is_incoming(d) for d in k.pci.devices())
 

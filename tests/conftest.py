@@ -8,13 +8,15 @@ import pytest
 
 from luosim.hw.machine import Machine
 from luosim.kernel.mm.page_alloc import PageAllocator
+from luosim.kernel.profiles import get_profile
 
 
 class FakeKernel:
     """Just enough of ``Kernel`` for unit tests of mm/kho-level modules."""
 
-    def __init__(self, machine: Machine, cmdline: str = "") -> None:
+    def __init__(self, machine: Machine, cmdline: str = "", profile: str = "v7") -> None:
         self.machine = machine
+        self.profile = get_profile(profile)
         self.mm = PageAllocator(machine.memory.size)
         self.cmdline = cmdline
         self.log: list[tuple[str, str]] = []

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 
+from luosim.cli_profiles import register as _register_profiles
+
 if TYPE_CHECKING:  # the model and rich load inside the commands: `luosim --help` stays fast
     from rich.console import Console
 
@@ -96,31 +98,72 @@ def _reference_scenario() -> Any:
 
 
 def _run_and_report(scenario: Any, policy: dict[str, str], faults: tuple[Fault, ...],
-                    as_json: bool, title: str, dump: Path | None = None) -> None:
+                    fmt: str, title: str, dump: Path | None = None,
+                    trace: Path | None = None) -> None:
     from luosim.report.console import render
     from luosim.scenario.runner import run
-    if as_json:
+    if fmt != "rich":
         result = run(scenario, faults=faults, policy=policy, dump_handover=dump)
-        sys.stdout.write(json.dumps(result.as_json(), indent=2, sort_keys=False) + "\n")
+        if fmt == "ktap":
+            from luosim.report.ktap import run_ktap
+            sys.stdout.write(run_ktap(result, title))
+        else:
+            sys.stdout.write(json.dumps(result.as_json(), indent=2, sort_keys=False) + "\n")
     else:
         from luosim.report.progress import PhaseProgress
         with PhaseProgress(_real(out)) as progress:
             result = run(scenario, faults=faults, policy=policy, on_phase=progress.phase,
                          dump_handover=dump)
         render(result, _real(out), title=title)
+    if trace is not None:
+        from luosim.report.trace import write_trace
+        try:
+            write_trace(result, trace, title)
+        except OSError as exc:
+            fail(f"--trace {trace}: {exc.strerror or exc}", 4)
     raise typer.Exit(0 if result.outcome == "ok" else 1)
 
 
 PolicyOpt = Annotated[list[str] | None, typer.Option(
     "--policy", help="Override a profile policy, KEY=VALUE (e.g. pci.retrieve_failure=warn).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable result.")]
+FormatOpt = Annotated[str, typer.Option(
+    "--format", help="rich | json | ktap (KTAP v1, as kselftest prints it).")]
+TraceOpt = Annotated[Path | None, typer.Option(
+    "--trace", help="Write a Perfetto trace (protobuf) of the run to this file.")]
+
+
+def _format(fmt: str, as_json: bool) -> str:
+    if fmt not in ("rich", "json", "ktap"):
+        fail(f"--format {fmt!r}: expected rich, json or ktap")
+    return "json" if as_json else fmt
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            v = version("luosim")
+        except PackageNotFoundError:  # run from a source tree without install
+            v = "unknown"
+        sys.stdout.write(f"luosim {v}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(_version_flag: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """luosim: an executable, byte-exact model of Linux Live Update."""
 
 
 @app.command()
-def demo(policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
+def demo(policy: PolicyOpt = None, as_json: JsonOpt = False, fmt: FormatOpt = "rich",
+         trace: TraceOpt = None) -> None:
     """Run the built-in reference hypervisor host live update."""
     pol = parse_policy(policy)
-    _run_and_report(_reference_scenario(), pol, (), as_json, "reference host")
+    _run_and_report(_reference_scenario(), pol, (), _format(fmt, as_json), "reference host",
+                    trace=trace)
 
 
 @app.command("run")
@@ -130,7 +173,8 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
                 "--fault", help="Inject POINT[#N]=EFFECT (repeatable).")] = None,
             dump: Annotated[Path | None, typer.Option(
                 "--dump-handover", help="Write each kexec's hand-over blobs (kho_data, "
-                "kho/out/fdt, sub_fdts, LUO FLB data) under this folder.")] = None) -> None:
+                "kho/out/fdt, sub_fdts, LUO FLB data) under this folder.")] = None,
+            fmt: FormatOpt = "rich", trace: TraceOpt = None) -> None:
     """Run a scenario: live progress, PCI trees, preserved objects, timeline, invariants."""
     from luosim.faults import Fault
     pol = parse_policy(policy)
@@ -141,7 +185,7 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
         fail(f"--fault: {exc}")
     if dump is not None and dump.exists() and not dump.is_dir():
         fail(f"--dump-handover {dump}: not a directory")
-    _run_and_report(scenario, pol, faults, as_json, file.name, dump)
+    _run_and_report(scenario, pol, faults, _format(fmt, as_json), file.name, dump, trace)
 
 
 @app.command("faults")
@@ -171,13 +215,29 @@ def schema() -> None:
 
 
 @app.command()
-def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debugfs file.")],
+def inspect(file: Annotated[Path, typer.Argument(
+                help="A hand-over blob or debugfs file, or a --dump-handover folder.")],
             kind: Annotated[str, typer.Option(
                 "--as", help="auto | kho-fdt | luo-fdt | luo-ser | pci-v6 | pci-v7 | pci-v9 | "
-                             "memfd | kho-data")] = "auto",
+                             "memfd | kho-data | iommu-{flb,flb-v1,domain,domain-pran,device,"
+                             "device-pran,device-generic,hw,hw-generic} | vfio-pci-v1 | "
+                             "vfio-pci-v1-iommu | vfio-pci-v2 | kexec-metadata | "
+                             "memblock")] = "auto",
             as_json: JsonOpt = False) -> None:
-    """Decode a real or simulated hand-over blob (FDT or packed struct)."""
+    """Decode a hand-over blob (FDT or packed struct), or a whole dump folder as a tree."""
     from luosim.inspect.decode import InspectError, decode_blob
+    if file.is_dir():
+        from luosim.inspect.tree import TreeError, count_findings, inspect_dir, render_tree
+        try:
+            node = inspect_dir(file)
+        except (TreeError, OSError) as exc:
+            fail(str(exc))
+        if as_json:
+            sys.stdout.write(json.dumps(node.as_json(), indent=2) + "\n")
+        else:
+            render_tree(node, _real(out))
+            out.print(f"{count_findings(node)} findings", highlight=False)
+        return
     try:
         data = file.read_bytes()
     except OSError as exc:
@@ -185,6 +245,15 @@ def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debug
     try:
         report = decode_blob(data, kind)
     except InspectError as exc:
+        from luosim.inspect.tree import find_in_dump, render_tree
+        # no magic, but a --dump-handover file: its path says what it is
+        found = find_in_dump(file) if exc.classification == "unknown" else None
+        if found is not None:
+            if as_json:
+                sys.stdout.write(json.dumps(found.as_json(), indent=2) + "\n")
+            else:
+                render_tree(found, _real(out))
+            return
         if exc.classification == "bad-argument":
             fail(f"--as: {exc}")
         out.print(f"[bold red]{file}: {exc.classification}[/]: {exc}", soft_wrap=True)
@@ -199,22 +268,66 @@ def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debug
 @app.command()
 def matrix(file: Annotated[Path | None, typer.Argument(
                help="Scenario whose update is repeated for every profile pair.")] = None,
-           policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
-    """Run the update for every (old profile, new profile) pair and tabulate outcomes."""
-    from luosim.scenario.matrix import run_matrix
+           policy: PolicyOpt = None, as_json: JsonOpt = False, fmt: FormatOpt = "rich",
+           hops: Annotated[int, typer.Option(
+               "--hops", min=1, max=4,
+               help="Consecutive updates per path (2: every A -> B -> C).")] = 1,
+           profile: Annotated[list[str] | None, typer.Option(
+               "--profile", help="Restrict to these kernel profiles (repeatable; "
+                                 "default: all).")] = None) -> None:
+    """Run the update for every (old profile, new profile) pair and tabulate outcomes.
+
+    Exits 1 when a pair ends unsafe or in a panic."""
+    from luosim.scenario.matrix import run_paths, select_profiles
     pol = parse_policy(policy)
+    fmt = _format(fmt, as_json)
+    try:
+        names = select_profiles(profile)
+    except ValueError as e:
+        fail(f"--profile: {e}")
     scenario = _reference_scenario() if file is None else _load(file)
-    rows = run_matrix(scenario, pol)
-    if as_json:
+    rows = run_paths(scenario, hops, pol, names)
+    if fmt == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        return
-    from rich.table import Table
-    t = Table(title="Cross-version live update")
-    for col in ("from", "to", "outcome", "why"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["from"], r["to"], r["outcome"], r["why"])
-    out.print(t)
+    elif fmt == "ktap":
+        from luosim.report.ktap import matrix_ktap
+        sys.stdout.write(matrix_ktap(rows))
+    else:
+        from rich.table import Table
+        t = Table(title="Cross-version live update")
+        cols = ("from", "via", "to", "outcome", "why") if hops > 1 else \
+            ("from", "to", "outcome", "why")
+        for col in cols:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*(r[c] for c in cols))
+        out.print(t)
+    raise typer.Exit(1 if any(r["outcome"] in ("unsafe", "panic") for r in rows) else 0)
+
+
+@app.command("report")
+def report_cmd(result: Annotated[Path, typer.Argument(
+                   help="JSON printed by run/demo/explore/matrix --json.")],
+               output: Annotated[Path, typer.Option(
+                   "-o", "--output", help="The HTML page to write.")] = Path("report.html")
+               ) -> None:
+    """Write a static HTML page (no network access) of a run, explore or matrix result."""
+    from luosim.report.html import ReportError, render_html
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"{result}: cannot read: {exc.strerror or exc}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"{result}: not JSON: {exc}")
+    try:
+        page = render_html(data, result.stem)
+    except ReportError as exc:
+        fail(f"{result}: {exc}")
+    try:
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"-o {output}: {exc.strerror or exc}", 4)
+    err.print(f"luosim: wrote {output} ({len(page)} bytes)", markup=False)
 
 
 def _mount_explorer() -> None:
@@ -228,6 +341,7 @@ def _mount_explorer() -> None:
 
 
 _mount_explorer()
+_register_profiles(app)
 
 
 def main() -> None:

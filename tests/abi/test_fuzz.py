@@ -13,7 +13,7 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from luosim.abi import block, fdt, iommu, luo, memfd, pci, vfio
+from luosim.abi import block, fdt, iommu, kho, luo, memfd, pci, vfio
 from luosim.abi.errors import DecodeError
 
 Decoder = Callable[[bytes], object]
@@ -33,12 +33,18 @@ STRUCTS: list[object] = [
     pci.PciDevSer(0, 0x300, 1), pci.PciSerV7(1, 0x8000), pci.PciSerV9(1, 1, 0x9000),
     pci.PciSerV6(3, 2, (pci.PciDevSer(0, 0x300, 1), pci.PciDevSer(0, 0, 0),
                         pci.PciDevSer(0, 0x10, 2))),
-    vfio.VfioPciCoreDeviceSer(0, 0x300), vfio.VfioPciCoreDeviceSerIommu(0, 0x300, 5),
-    vfio.VfioPciCoreDeviceSerIommuV1(0x300, 0, 1, 5),
+    vfio.VfioPciCoreDeviceSer(0, 0x300), vfio.VfioPciCoreDeviceSerV2(0, 0x300, 1, 5),
+    vfio.VfioPciCoreDeviceSerIommuV1(0, 0x300, 1, 5),
     iommu.IommuFlbSer(1, 0x1000, 0x2000, 0x3000), iommu.IommuFlbSerV1(0x1000, 0x2000, 0x3000),
     iommu.IommuArrayHdrSer(0, 1), iommu.IommuHdrSer(1, 2),
     iommu.IommuDomainSer(iommu.IommuHdrSer(1, 0), 0x4000, 4, 48, True, 0),
+    iommu.IommuDomainSerPran(iommu.IommuHdrSer(1, 0), 0x4000, 4, 48, True, 0),
     iommu.IommuDeviceSer(iommu.IommuHdrSer(1, 0), 0x300, 0, 5, 0x1000, 0x2000, 0, 0),
+    iommu.IommuDeviceSerPran(iommu.IommuHdrSer(1, 0), 0x300, 0, 5, 0x1000, 0x2000,
+                             dma_owner_token=9),
+    iommu.IommuDeviceSerGeneric(iommu.IommuHdrSer(1, 0), 0x300, 0, 5, 0x1000, 0x2000),
+    iommu.IommuHwSerGeneric(iommu.IommuHdrSer(1, 0), 0xFED90000, 0),
+    memfd.KhoVmallocChunk(0, (0x1000, 0x2000)), kho.KhoData(0x1000, 0x100, 0x2000, 0x3000),
     iommu.IommuHwSer(iommu.IommuHdrSer(1, 0), 0xFED90000, 1, 0, 0xFED90000, 0x5000),
     iommu.VtdRootEntry(True, 0x5000), iommu.VtdContextEntry(True, 0, 0x6000, 2, 3),
     iommu.VtdPte(0x7000),

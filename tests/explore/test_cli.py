@@ -68,8 +68,10 @@ def test_explore_json_and_traces(scenario: str, tmp_path: Path) -> None:
     assert code == 0  # unsafe groups are reported, not an error
     doc = json.loads(out)
     assert doc["summary"] == {"runs": 30, "ok": 1, "refused": 3, "panic": 2, "unsafe": 1}
-    assert list(doc["groups"][0]) == ["outcome", "signature", "runs", "shortest_plan", "trace"]
+    assert list(doc["groups"][0])[:5] == ["outcome", "signature", "runs", "shortest_plan",
+                                          "trace"]
     [path] = sorted(traces.iterdir())
+    assert doc["groups"][0]["trace_file"] == str(path)  # unsafe groups: where the trace went
     assert json.loads(path.read_text()) == doc["groups"][0]["trace"]
     code2, out2, _ = invoke("explore", scenario, "--depth", "2", "--json", "--traces",
                             str(traces), "--jobs", "2")

@@ -281,7 +281,8 @@ class LuoStateMachine(RuleBasedStateMachine):
         if self.kexecs and not self.incoming and not self.parked \
                 and all(s.finished for s in self.retrieved.values()):
             kd = KhoData.decode(self.k.machine.kho_data or b"")
-            assert [pa for pa, _o in self.k.kho.unclaimed()] == [kd.fdt_addr]
+            assert [pa for pa, _o in self.k.kho.unclaimed()] == sorted(
+                [kd.fdt_addr, *self.k.kho.in_kept])
 
     @invariant()
     def preserved_memory_is_preserved(self) -> None:

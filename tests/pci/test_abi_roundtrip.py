@@ -98,8 +98,16 @@ def test_compatible_mismatch_is_nothing_preserved(src: str, dst: str) -> None:
 
 
 @pytest.mark.parametrize("src,dst", [("v6", "v9"), ("v9", "v6"), ("v7", "v9")])
-def test_luo_abi_mismatch_panics_in_luo(src: str, dst: str) -> None:
-    """v9 runs on the luo-v5 LUO ABI: LUO itself refuses the hand-over (luo_restore_fail)."""
+def test_luo_abi_mismatch_panics_in_luo(src: str, dst: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """v9 runs on the luo-v5 LUO ABI: LUO itself refuses the hand-over (luo_restore_fail).
+
+    v9 gets the kho-v2 root here so the hand-over reaches LUO (the real v9
+    kho-v3 root is refused by KHO first: tests/profiles)."""
+    from dataclasses import replace
+
+    from luosim.kernel.profiles import PROFILES
+    monkeypatch.setitem(PROFILES, "v9", replace(PROFILES["v9"], kho_abi="kho-v2"))
     k, drv = boot(switch_topology(), src)
     preserve(k, drv, ["nvme1"])
     with pytest.raises(KernelPanic, match="luo: incoming hand-over is invalid"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from luosim.abi.iommu import IommuDeviceSer, IommuFlbSer, IommuHwSer
+from luosim.abi.iommu import IommuFlbSer, IommuHwSer, iommu_abi
 from luosim.hw.iommu import ContextEntry
 from luosim.kernel.iommu.core import PreservedOwner
 from luosim.kernel.kernel import Kernel
@@ -103,7 +103,8 @@ def test_flb_wire_format(k: Kernel) -> None:
     rec = inc.devices[0].ser
     assert (rec.pci_domain_nr, rec.devid) == (0, pdev(k2, DSA0).bdf)
     mem = k2.machine.memory
-    now = IommuDeviceSer.decode(mem.read(inc.devices[0].phys, IommuDeviceSer.SIZE))
+    dev_ser = iommu_abi(k2.profile.iommu_flb_compat).device  # the layout of this build
+    now = dev_ser.decode(mem.read(inc.devices[0].phys, dev_ser.SIZE))
     assert now.hdr.incoming and not rec.hdr.incoming  # marked in memory by the probe
     assert IommuHwSer.decode(mem.read(inc.hw[0].phys, IommuHwSer.SIZE)).restored == 1
 

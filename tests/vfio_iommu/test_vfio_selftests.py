@@ -76,6 +76,10 @@ def test_kexec_stage2(k: Kernel) -> None:
     assert e.value.errno == errno.EBUSY
     d2 = s2.retrieve_fd(2)
     assert isinstance(d2, VfioDeviceFile) and d2.cdev and d2.bdf == DSA0
+    with pytest.raises(KernelError) as e:
+        s2.finish()  # retrieved but not bound to an iommufd yet
+    assert e.value.errno == errno.EBUSY
+    d2.bind_iommufd(k2.iommufd_mod.open())
     s2.finish()
     assert not pdev(k2, DSA0).is_incoming
     k2.vfio.open_device(DSA0).close()  # no longer exclusive to RETRIEVE_FD

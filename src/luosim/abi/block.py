@@ -1,20 +1,23 @@
-"""KHO block-set ABI (``kho-block-v1``) and the small codec helpers every ABI module shares.
+"""KHO block-set ABI: ``struct kho_block_header_ser`` and the chain walk.
 
-Models ``struct kho_block_header_ser`` from include/linux/kho/abi/block.h and the
-chain walk of kernel/liveupdate/kho_block.c (spec luo.md §5.2, pci.md §3.2):
-a block is one preserved page (``KHO_BLOCK_SIZE`` = ``PAGE_SIZE`` = 4096)
-that starts with a 16-byte header ``{u64 next; u64 count}`` followed by
-``count`` fixed-size entries; ``next`` is the physical address of the next
-block header, 0 at the end of the chain.
+Models include/linux/kho/abi/block.h (torvalds/linux 637315cb) and the chain
+walk of kernel/liveupdate/kho_block.c (spec luo.md §5.2, pci.md §3.2): a
+block is one preserved page (``KHO_BLOCK_SIZE`` = ``PAGE_SIZE`` = 4096) that
+starts with a 16-byte header ``{u64 next; u64 count}`` followed by ``count``
+fixed-size entries; ``next`` is the physical address of the next block
+header, 0 at the end of the chain.  The merged header defines no compatible
+string ("kho-block-v1" existed only in review rounds; spec kho.md
+"Corrections"): its layout is covered by the KHO root compatible
+(``KHO_FDT_COMPATIBLE``, per the header's own DOC comment) and by each user's
+compatible.
 
 Incoming rules (spec luo.md §5.2): a block with ``count == 0`` or ``count``
 above the per-block capacity is invalid; a cyclic chain or a chain longer than
 ``KHO_BLOCK_MAX`` blocks is invalid.  All of them are ``-EINVAL`` in the
 kernel; here they raise :class:`DecodeError`.
 
-The helpers :func:`check_uint`, :func:`check_int` and :func:`unpack_fields`
-live here (rather than in a private module) so that each ABI module stays one
-file per kernel header; they carry no block semantics.
+:func:`check_uint`, :func:`check_int` and :func:`unpack_fields` are
+re-exported for callers of the former hand-written codecs.
 """
 
 from __future__ import annotations
@@ -22,40 +25,24 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any
 
+from luosim.abi.cdecl import CStruct, check_int, check_uint, codec, declare
 from luosim.abi.errors import DecodeError, need
 
-KHO_BLOCK_COMPATIBLE = "kho-block-v1"
+__all__ = ["KHO_BLOCK_MAX", "KHO_BLOCK_SIZE", "FieldSpec", "KhoBlockHeaderSer",
+           "block_capacity", "check_int", "check_uint", "decode_block", "encode_block",
+           "encode_chain", "pack_page", "unpack_fields", "walk_chain", "walk_pages"]
+
+BLOCK_H = "torvalds/linux@637315cb include/linux/kho/abi/block.h"
+
 KHO_BLOCK_SIZE = 4096
-#: Longest chain a reader accepts (spec luo.md §5.2: 10000 blocks; pci.md §3.2
-#: calls the value UNCONFIRMED for the PCI series, the same code is used).
+#: Longest chain a reader accepts (spec luo.md §5.2: 10000 blocks; the value is the
+#: reader's, block.h @637315cb defines only KHO_BLOCK_SIZE and the header).
 KHO_BLOCK_MAX = 10000
 
 FieldSpec = tuple[str, int, int]
 """``(field name, offset inside the struct, size)``."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def check_uint(field: str, value: int, bits: int) -> int:
-    """Return ``value`` if it fits an unsigned ``bits``-bit field, else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: {value!r} is not an integer")
-    if value < 0 or value >> bits:
-        raise ValueError(f"{field}: {value:#x} does not fit in u{bits}")
-    return value
-
-
-def check_int(field: str, value: int, bits: int) -> int:
-    """Return ``value`` if it fits a signed two's-complement ``bits``-bit field."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: {value!r} is not an integer")
-    lim = 1 << (bits - 1)
-    if not -lim <= value < lim:
-        raise ValueError(f"{field}: {value} does not fit in s{bits}")
-    return value
 
 
 def unpack_fields(what: str, st: struct.Struct, buf: bytes, offset: int,
@@ -68,36 +55,21 @@ def unpack_fields(what: str, st: struct.Struct, buf: bytes, offset: int,
     return st.unpack_from(buf, offset)
 
 
-# --------------------------------------------------------------------------- header
+declare("""
+struct kho_block_header_ser {
+    u64 next;
+    u64 count;
+} __packed;
+""")
 
 
+@codec("kho_block_header_ser", BLOCK_H, what="kho block")
 @dataclass(frozen=True)
-class KhoBlockHeaderSer:
-    """Models ``struct kho_block_header_ser`` from include/linux/kho/abi/block.h.
-
-    Packed, 16 bytes: ``next`` u64 @0 (phys of the next block header, 0 = end),
-    ``count`` u64 @8 (entries that follow this header in the block).
-    """
+class KhoBlockHeaderSer(CStruct):
+    """``struct kho_block_header_ser``: next block header phys (0 = end), entries in this block."""
 
     next: int
     count: int
-
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("next", 0, 8), ("count", 8, 8))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(check_uint("kho_block_header_ser.next", self.next, 64),
-                             check_uint("kho_block_header_ser.count", self.count, 64))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "kho block") -> Self:
-        nxt, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                   "kho_block_header_ser")
-        return cls(next=nxt, count=count)
-
-
-assert struct.calcsize("<QQ") == KhoBlockHeaderSer.SIZE
 
 
 def block_capacity(entry_size: int) -> int:
@@ -114,14 +86,20 @@ def encode_block(entries_bytes: Sequence[bytes], entry_size: int, next_pa: int) 
     readers reject it.  ``ValueError`` if an entry has the wrong size or the
     block would overflow.
     """
-    cap = block_capacity(entry_size)
-    if len(entries_bytes) > cap:
-        raise ValueError(f"{len(entries_bytes)} entries exceed the block capacity {cap}")
-    for i, e in enumerate(entries_bytes):
+    return pack_page(KhoBlockHeaderSer(next_pa, len(entries_bytes)).encode(), entries_bytes,
+                     entry_size, "block")
+
+
+def pack_page(header: bytes, entries: Sequence[bytes], entry_size: int, unit: str) -> bytes:
+    """A 4096-byte page: ``header``, fixed-size ``entries``, zero fill (``ValueError`` if an
+    entry has the wrong size or they do not fit)."""
+    cap = (KHO_BLOCK_SIZE - len(header)) // entry_size
+    if len(entries) > cap:
+        raise ValueError(f"{len(entries)} entries exceed the {unit} capacity {cap}")
+    for i, e in enumerate(entries):
         if len(e) != entry_size:
             raise ValueError(f"entry {i} is {len(e)} bytes, expected {entry_size}")
-    out = KhoBlockHeaderSer(next_pa, len(entries_bytes)).encode() + b"".join(entries_bytes)
-    return out.ljust(KHO_BLOCK_SIZE, b"\0")
+    return (header + b"".join(entries)).ljust(KHO_BLOCK_SIZE, b"\0")
 
 
 def decode_block(buf: bytes, entry_size: int, what: str,
@@ -162,30 +140,41 @@ def walk_chain(read_page: Callable[[int], bytes], head_pa: int, entry_size: int,
     address that is not page aligned is ``bad-pointer``; revisiting a block is
     ``cycle``; more than ``max_blocks`` blocks is ``bad-value``.
     """
+    return walk_pages(read_page, head_pa, what, "kho_block_header_ser.next",
+                      lambda page, pa: decode_block(page, entry_size, what, base=pa),
+                      max_blocks, "block")
+
+
+def walk_pages(read_page: Callable[[int], bytes], head_pa: int, what: str, next_field: str,
+               decode_page: Callable[[bytes, int], tuple[int, list[bytes]]],
+               max_pages: int, unit: str) -> list[bytes]:
+    """Follow a chain of one-page records ``{next, ...}`` and collect their entries.
+
+    Shared by KHO block sets and IOMMU object arrays: ``decode_page(page,
+    pa)`` returns ``(next, entries)``.  Unaligned pointer or unreadable page:
+    ``bad-pointer``; a page visited twice: ``cycle``; more than
+    ``max_pages``: ``bad-value``.
+    """
     entries: list[bytes] = []
     seen: set[int] = set()
     pa = head_pa
-    prev_field_off = 0  # where the pointer that led here was read from (for messages)
     while pa:
         if pa % KHO_BLOCK_SIZE:
-            raise DecodeError(what, prev_field_off, "kho_block_header_ser.next",
-                              f"block address {pa:#x} is not page aligned", kind="bad-pointer")
+            raise DecodeError(what, pa, next_field, f"{unit} address {pa:#x} is not page aligned",
+                              kind="bad-pointer")
         if pa in seen:
-            raise DecodeError(what, pa, "kho_block_header_ser.next",
-                              f"cycle: block {pa:#x} visited twice", kind="cycle")
-        if len(seen) >= max_blocks:
-            raise DecodeError(what, pa, "kho_block_header_ser.next",
-                              f"chain longer than {max_blocks} blocks")
+            raise DecodeError(what, pa, next_field, f"cycle: {unit} {pa:#x} visited twice",
+                              kind="cycle")
+        if len(seen) >= max_pages:
+            raise DecodeError(what, pa, next_field, f"chain longer than {max_pages} {unit}s")
         seen.add(pa)
         try:
             page = read_page(pa)
         except Exception as exc:  # memory model errors → typed decode error
-            raise DecodeError(what, pa, "kho_block_header_ser.next",
-                              f"cannot read block at {pa:#x}: {exc!r}",
+            raise DecodeError(what, pa, next_field, f"cannot read {unit} at {pa:#x}: {exc!r}",
                               kind="bad-pointer") from exc
-        nxt, block_entries = decode_block(page, entry_size, what, base=pa)
-        entries.extend(block_entries)
-        prev_field_off = pa
+        nxt, page_entries = decode_page(page, pa)
+        entries.extend(page_entries)
         pa = nxt
     return entries
 

@@ -1,17 +1,30 @@
-"""IOMMU live-update ABI (spec pci.md §7.2) and the Intel VT-d table formats.
+"""IOMMU live-update ABI (spec pci.md §7.2 and "Corrections") and the Intel VT-d table formats.
 
-Models include/linux/kho/abi/iommu.h of the IOMMU live-update series
-(samikhawaja/linux: @07a49313 versioned ``"iommu-liveupdate"`` + version 1,
-@ef754267 ``"iommu-liveupdate-v1"`` without the version word).  The FLB record's
-``data`` is the physical address of ``struct iommu_flb_ser``, which points at
-three chains of one-page arrays (HW units, domains, devices).  Each array page
-is ``{u64 next_array_phys; u64 nr_objects}`` followed by fixed-size objects
-that all start with ``struct iommu_hdr_ser``; objects are append-only and
-deleted ones keep their slot with flag ``DELETED``.
+``include/linux/kho/abi/iommu.h`` exists in three versions; each codec set
+below follows one of them as a whole (:data:`IOMMU_ABIS`, chosen by the FLB
+compatible):
 
-The device and HW objects here include the Intel VT-d union members
-(``iommu_device_intel_ser``, ``iommu_intel_ser``) as in @ef754267; the generic
-parts alone are 40 bytes (device) and 24 bytes (HW).
+* samikhawaja/linux ef754267 — ``"iommu-liveupdate-v1"``: 24-byte
+  ``iommu_flb_ser`` (no version), 37-byte ``iommu_domain_ser`` (``__packed``
+  with ``u32 sign_extend:1``: one byte, ``restored_domain`` at 29, 110 per
+  page), 56-byte ``iommu_device_ser`` and 112-byte ``iommu_hw_ser`` with the
+  VT-d unions.
+* pran005/linux 22fa8f30 — ``"iommu-liveupdate"`` + version 1: 32-byte
+  ``iommu_flb_ser``, 40-byte ``iommu_domain_ser`` (``u8 sign_extend`` + 3
+  padding bytes), 72-byte ``iommu_device_ser`` with ``dma_owner_token`` at 16
+  and the VT-d part {restored, pasid_table @56, max_pasid @64}, 112-byte
+  ``iommu_hw_ser`` (same VT-d bytes as ef754267).
+* samikhawaja/linux 07a49313 — ``"iommu-liveupdate"`` + version 1, generic
+  part only (no VT-d): 40-byte device, 24-byte HW, 37-byte domain.  A VT-d
+  kernel cannot write it (nowhere to keep root and context tables); it is
+  decoded by ``luosim inspect``.
+
+The FLB record's ``data`` is the physical address of ``struct
+iommu_flb_ser``, which points at three chains of one-page arrays (HW units,
+domains, devices).  Each array page is ``{u64 next_array_phys; u64
+nr_objects}`` followed by fixed-size objects that all start with ``struct
+iommu_hdr_ser``; objects are append-only and deleted ones keep their slot with
+flag ``DELETED``.
 
 VT-d hardware formats (Intel VT-d specification, legacy mode) used by the
 hardware model: root table = 256 x 16-byte root entries indexed by bus;
@@ -26,30 +39,167 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
-from luosim.abi.block import FieldSpec, check_uint, unpack_fields
+from luosim.abi.block import FieldSpec, check_uint, pack_page, unpack_fields, walk_pages
+from luosim.abi.cdecl import CStruct, codec, declare
 from luosim.abi.errors import DecodeError
+
+SAMI_EF75 = "samikhawaja/linux@ef754267 include/linux/kho/abi/iommu.h"
+SAMI_07A4 = "samikhawaja/linux@07a49313 include/linux/kho/abi/iommu.h"
+PRAN_22FA = "pran005/linux@22fa8f30 include/linux/kho/abi/iommu.h"
 
 PAGE_SIZE = 4096
 
+#: ``IOMMU_LUO_FLB_COMPATIBLE`` + ``IOMMU_LUO_FLB_VERSION`` (07a49313, 22fa8f30).
 IOMMU_LUO_FLB_COMPATIBLE = "iommu-liveupdate"
 IOMMU_LUO_FLB_VERSION = 1
-#: Older FLB compatibles: IOMMU v1 series; IOMMU v2/v3 (24-byte flb_ser, no version).
-IOMMU_LUO_FLB_COMPATIBLE_V1 = "iommu-v1"
+#: ``IOMMU_LUO_FLB_COMPATIBLE`` of ef754267 (no version word).
 IOMMU_LUO_FLB_COMPATIBLE_LU_V1 = "iommu-liveupdate-v1"
 #: iommufd file handler (the IOMMU FLB is linked to it, not to vfio).
 IOMMUFD_LUO_FH_COMPATIBLE = "iommufd-v1"
 
-#: ``enum iommu_type_ser``: IOMMU_INVALID = 0, IOMMU_INTEL = 1 (read in
-#: include/linux/kho/abi/iommu.h @ef754267; the later generic header lists only
-#: IOMMU_INVALID and the VT-d patch adds IOMMU_INTEL, value assumed unchanged).
+#: ``enum iommu_type_ser`` (ef754267; 22fa8f30 adds IOMMU_ARM_SMMUV3 = 2).
 IOMMU_INVALID = 0
 IOMMU_INTEL = 1
+IOMMU_ARM_SMMUV3 = 2
 
 IOMMU_SER_FLAG_DELETED = 1 << 0
 IOMMU_SER_FLAG_INCOMING = 1 << 1
 
-#: Bits in ``iommu_intel_ser.context_tables_bitmap`` (u64[8]).
+#: Words of ``iommu_intel_ser.context_tables_bitmap`` (512 context tables).
 VTD_CONTEXT_BITMAP_WORDS = 8
+
+# Identical in all three versions.
+declare("""
+struct iommu_hdr_ser {
+    u32 ref_count;
+    u32 flags;
+} __packed;
+struct iommu_array_hdr_ser {
+    u64 next_array_phys;
+    u64 nr_objects;
+} __packed;
+struct iommu_dev_map_ser {
+    u64 attachment_id;
+    u64 domain_phys;
+    u64 iommu_phys;
+} __packed;
+struct iommu_domain_ser {
+    struct iommu_hdr_ser hdr;
+    u64 top_table_phys;
+    u64 top_level;
+    u32 vasz;
+    u32 sign_extend:1;
+    u64 restored_domain;    /* struct iommu_domain *: 8 bytes on x86-64 */
+} __packed;
+""")
+# ef754267: iommu_intel_ser is not __packed (natural alignment, no holes).
+declare("""
+struct iommu_intel_ser {
+    u8 restored;
+    u8 padding[7];
+    u64 phys_addr;
+    u64 root_table;
+    u64 context_tables_bitmap[8];
+};
+""")
+declare("""
+struct iommu_device_intel_ser {
+    u64 pasid_table;
+    u64 max_pasid;
+} __packed;
+struct iommu_device_ser {
+    struct iommu_hdr_ser hdr;
+    u32 devid;
+    u32 pci_domain_nr;
+    struct iommu_dev_map_ser domain_iommu_ser;
+    union {
+        struct iommu_device_intel_ser intel;
+    };
+} __packed;
+struct iommu_hw_ser {
+    struct iommu_hdr_ser hdr;
+    u64 token;
+    u64 type;
+    union {
+        struct iommu_intel_ser intel;
+    };
+} __packed;
+struct iommu_flb_ser__v1 {
+    u64 iommu_array_phys;
+    u64 iommu_domain_array_phys;
+    u64 device_array_phys;
+} __packed;
+""")
+# 07a49313: the generic layout, no vendor part.
+declare("""
+struct iommu_device_ser__generic {
+    struct iommu_hdr_ser hdr;
+    u32 devid;
+    u32 pci_domain_nr;
+    struct iommu_dev_map_ser domain_iommu_ser;
+} __packed;
+struct iommu_hw_ser__generic {
+    struct iommu_hdr_ser hdr;
+    u64 token;
+    u64 type;
+} __packed;
+struct iommu_flb_ser {
+    u64 version;
+    u64 iommu_array_phys;
+    u64 iommu_domain_array_phys;
+    u64 device_array_phys;
+} __packed;
+""")
+# 22fa8f30: u8 sign_extend, dma_owner_token, VT-d and SMMUv3 union members.
+declare("""
+struct iommu_domain_ser__pran {
+    struct iommu_hdr_ser hdr;
+    u64 top_table_phys;
+    u64 top_level;
+    u32 vasz;
+    u8 sign_extend;
+    u8 padding[3];
+    u64 restored_domain;    /* struct iommu_domain * */
+} __packed;
+struct iommu_device_intel_ser__pran {
+    u8 restored;
+    u8 padding[7];
+    u64 pasid_table;
+    u64 max_pasid;
+} __packed;
+struct iommu_master_smmuv3_ser {
+    u64 l1_cdtab_lu_state;
+    u32 num_l2_cdtables;
+    u32 padding;
+    u64 l2_cdtab_lu_states_phys;
+} __packed;
+struct iommu_device_ser__pran {
+    struct iommu_hdr_ser hdr;
+    u32 devid;
+    u32 pci_domain_nr;
+    u64 dma_owner_token;
+    struct iommu_dev_map_ser domain_iommu_ser;
+    union {
+        struct iommu_device_intel_ser__pran intel;
+        struct iommu_master_smmuv3_ser smmuv3;
+    };
+} __packed;
+struct iommu_smmuv3_hw_ser {
+    u64 phys_addr;
+    u64 strtab_base_cfg;
+    u64 l1_strtab_lu_state;
+    u64 l2_strtab_lu_states_phys;
+} __packed;
+struct iommu_hw_ser__pran {
+    struct iommu_hdr_ser hdr;
+    u64 token;
+    u64 type;
+    union {
+        struct iommu_intel_ser intel;
+        struct iommu_smmuv3_hw_ser smmuv3;
+    };
+} __packed;
+""")
 
 
 def _u(name: str, value: int, bits: int = 64) -> int:
@@ -60,111 +210,46 @@ def _u(name: str, value: int, bits: int = 64) -> int:
 # ----------------------------------------------------------------- FLB top level
 
 
+@codec("iommu_flb_ser", f"{SAMI_07A4}; {PRAN_22FA}")
 @dataclass(frozen=True)
-class IommuFlbSer:
-    """Models ``struct iommu_flb_ser`` (``"iommu-liveupdate"``, include/linux/kho/abi/iommu.h).
-
-    Packed, 32 bytes: ``version`` u64 @0 (= 1), ``iommu_array_phys`` u64 @8,
-    ``iommu_domain_array_phys`` u64 @16, ``device_array_phys`` u64 @24 (all
-    three arrays are allocated at FLB preserve, even if empty).
-    """
+class IommuFlbSer(CStruct):
+    """``"iommu-liveupdate"`` top level: version (= 1) and the three array heads (32 bytes)."""
 
     version: int
     iommu_array_phys: int
     iommu_domain_array_phys: int
     device_array_phys: int
 
-    SIZE: ClassVar[int] = 32
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("version", 0, 8), ("iommu_array_phys", 8, 8), ("iommu_domain_array_phys", 16, 8),
-        ("device_array_phys", 24, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("iommu_flb_ser.version", self.version),
-                             _u("iommu_flb_ser.iommu_array_phys", self.iommu_array_phys),
-                             _u("iommu_flb_ser.iommu_domain_array_phys",
-                                self.iommu_domain_array_phys),
-                             _u("iommu_flb_ser.device_array_phys", self.device_array_phys))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu_flb_ser") -> Self:
-        v, hw, dom, dev = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "iommu_flb_ser")
-        return cls(v, hw, dom, dev)
-
-
+@codec("iommu_flb_ser__v1", SAMI_EF75)
 @dataclass(frozen=True)
-class IommuFlbSerV1:
-    """Models ``struct iommu_flb_ser`` of ``"iommu-liveupdate-v1"`` (iommu.h @ef754267).
-
-    Packed, 24 bytes: ``iommu_array_phys`` u64 @0, ``iommu_domain_array_phys``
-    u64 @8, ``device_array_phys`` u64 @16 (no version word).
-    """
+class IommuFlbSerV1(CStruct):
+    """``"iommu-liveupdate-v1"`` top level: the three array heads, no version (24 bytes)."""
 
     iommu_array_phys: int
     iommu_domain_array_phys: int
     device_array_phys: int
 
-    SIZE: ClassVar[int] = 24
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("iommu_array_phys", 0, 8), ("iommu_domain_array_phys", 8, 8),
-        ("device_array_phys", 16, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("iommu_flb_ser.iommu_array_phys", self.iommu_array_phys),
-                             _u("iommu_flb_ser.iommu_domain_array_phys",
-                                self.iommu_domain_array_phys),
-                             _u("iommu_flb_ser.device_array_phys", self.device_array_phys))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu_flb_ser") -> Self:
-        hw, dom, dev = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "iommu_flb_ser")
-        return cls(hw, dom, dev)
+# ----------------------------------------------------------------- objects
 
 
-# ----------------------------------------------------------------- array pages
-
-
+@codec("iommu_array_hdr_ser", SAMI_EF75, what="iommu array")
 @dataclass(frozen=True)
-class IommuArrayHdrSer:
-    """Models ``struct iommu_array_hdr_ser`` from include/linux/kho/abi/iommu.h.
-
-    Packed, 16 bytes: ``next_array_phys`` u64 @0 (0 = last page),
-    ``nr_objects`` u64 @8 (objects used in this page, deleted ones included).
-    """
+class IommuArrayHdrSer(CStruct):
+    """Array page header: next page phys (0 = last), objects used (deleted ones included)."""
 
     next_array_phys: int
     nr_objects: int
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("next_array_phys", 0, 8), ("nr_objects", 8, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("iommu_array_hdr_ser.next_array_phys", self.next_array_phys),
-                             _u("iommu_array_hdr_ser.nr_objects", self.nr_objects))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu array") -> Self:
-        nxt, nr = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "iommu_array_hdr_ser")
-        return cls(nxt, nr)
-
-
+@codec("iommu_hdr_ser", SAMI_EF75, what="iommu object")
 @dataclass(frozen=True)
-class IommuHdrSer:
-    """Models ``struct iommu_hdr_ser`` from include/linux/kho/abi/iommu.h.
-
-    Packed, 8 bytes: ``ref_count`` u32 @0, ``flags`` u32 @4
-    (``IOMMU_SER_FLAG_DELETED`` bit 0, ``IOMMU_SER_FLAG_INCOMING`` bit 1).
-    """
+class IommuHdrSer(CStruct):
+    """Common object header: ``ref_count``, ``IOMMU_SER_FLAG_*`` flags."""
 
     ref_count: int = 0
     flags: int = 0
-
-    SIZE: ClassVar[int] = 8
-    _ST: ClassVar[struct.Struct] = struct.Struct("<II")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("ref_count", 0, 4), ("flags", 4, 4))
 
     @property
     def deleted(self) -> bool:
@@ -174,25 +259,14 @@ class IommuHdrSer:
     def incoming(self) -> bool:
         return bool(self.flags & IOMMU_SER_FLAG_INCOMING)
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("iommu_hdr_ser.ref_count", self.ref_count, 32),
-                             _u("iommu_hdr_ser.flags", self.flags, 32))
 
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu object") -> Self:
-        ref, flags = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "iommu_hdr_ser")
-        return cls(ref, flags)
-
-
+@codec("iommu_domain_ser", f"{SAMI_EF75}; {SAMI_07A4}")
 @dataclass(frozen=True)
-class IommuDomainSer:
-    """Models ``struct iommu_domain_ser`` from include/linux/kho/abi/iommu.h.
+class IommuDomainSer(CStruct):
+    """Domain object, 37 bytes: ``sign_extend`` is bit 0 of byte 28, ``restored_domain`` at 29.
 
-    Packed, 40 bytes: ``hdr`` @0 (8), ``top_table_phys`` u64 @8,
-    ``top_level`` u64 @16, ``vasz`` u32 @24, a u32 @28 whose bit 0 is
-    ``sign_extend`` (other bits are bit-field padding: written 0, ignored on
-    read), ``restored_domain`` @32 (an 8-byte kernel pointer, meaningful only
-    in the new kernel; kept as an opaque integer).
+    ``restored_domain`` is a kernel pointer meaningful only in the new
+    kernel (kept as an opaque integer).
     """
 
     hdr: IommuHdrSer
@@ -202,38 +276,17 @@ class IommuDomainSer:
     sign_extend: bool = False
     restored_domain: int = 0
 
-    SIZE: ClassVar[int] = 40
-    _ST: ClassVar[struct.Struct] = struct.Struct("<8sQQIIQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("hdr", 0, 8), ("top_table_phys", 8, 8), ("top_level", 16, 8), ("vasz", 24, 4),
-        ("sign_extend", 28, 4), ("restored_domain", 32, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(self.hdr.encode(),
-                             _u("iommu_domain_ser.top_table_phys", self.top_table_phys),
-                             _u("iommu_domain_ser.top_level", self.top_level),
-                             _u("iommu_domain_ser.vasz", self.vasz, 32),
-                             1 if self.sign_extend else 0,
-                             _u("iommu_domain_ser.restored_domain", self.restored_domain))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu_domain_ser") -> Self:
-        _, top, level, vasz, se, restored = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                                          "iommu_domain_ser")
-        return cls(IommuHdrSer.decode(buf, offset, what), top, level, vasz, bool(se & 1),
-                   restored)
-
-
+@codec("iommu_domain_ser__pran", PRAN_22FA)
 @dataclass(frozen=True)
-class IommuDeviceSer:
-    """Models ``struct iommu_device_ser`` (with the VT-d union) from include/linux/kho/abi/iommu.h.
+class IommuDomainSerPran(IommuDomainSer):
+    """Domain object of 22fa8f30, 40 bytes: ``u8 sign_extend`` at 28, ``restored_domain`` at 32."""
 
-    Packed, 56 bytes: ``hdr`` @0 (8), ``devid`` u32 @8 (``pci_dev_id``),
-    ``pci_domain_nr`` u32 @12, ``domain_iommu_ser`` = {``attachment_id`` u64
-    @16 (VT-d: domain id), ``domain_phys`` u64 @24, ``iommu_phys`` u64 @32},
-    VT-d ``intel`` = {``pasid_table`` u64 @40, ``max_pasid`` u64 @48}.
-    Without the VT-d union (generic header @07a49313) the object is 40 bytes.
-    """
+
+@codec("iommu_device_ser__generic", SAMI_07A4)
+@dataclass(frozen=True)
+class IommuDeviceSerGeneric(CStruct):
+    """Device object of 07a49313 without a vendor part, 40 bytes."""
 
     hdr: IommuHdrSer
     devid: int
@@ -241,96 +294,99 @@ class IommuDeviceSer:
     attachment_id: int
     domain_phys: int
     iommu_phys: int
+
+
+@codec("iommu_device_ser", SAMI_EF75)
+@dataclass(frozen=True)
+class IommuDeviceSer(IommuDeviceSerGeneric):
+    """Device object with the VT-d union, 56 bytes (``attachment_id``: the VT-d domain id)."""
+
     pasid_table: int = 0
     max_pasid: int = 0
 
-    SIZE: ClassVar[int] = 56
-    _ST: ClassVar[struct.Struct] = struct.Struct("<8sIIQQQQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("hdr", 0, 8), ("devid", 8, 4), ("pci_domain_nr", 12, 4),
-        ("domain_iommu_ser.attachment_id", 16, 8), ("domain_iommu_ser.domain_phys", 24, 8),
-        ("domain_iommu_ser.iommu_phys", 32, 8), ("intel.pasid_table", 40, 8),
-        ("intel.max_pasid", 48, 8))
 
-    def encode(self) -> bytes:
-        n = "iommu_device_ser"
-        return self._ST.pack(self.hdr.encode(), _u(f"{n}.devid", self.devid, 32),
-                             _u(f"{n}.pci_domain_nr", self.pci_domain_nr, 32),
-                             _u(f"{n}.attachment_id", self.attachment_id),
-                             _u(f"{n}.domain_phys", self.domain_phys),
-                             _u(f"{n}.iommu_phys", self.iommu_phys),
-                             _u(f"{n}.intel.pasid_table", self.pasid_table),
-                             _u(f"{n}.intel.max_pasid", self.max_pasid))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu_device_ser") -> Self:
-        _, devid, seg, att, dom, iommu, pasid, maxp = unpack_fields(
-            what, cls._ST, buf, offset, cls._FIELDS, "iommu_device_ser")
-        return cls(IommuHdrSer.decode(buf, offset, what), devid, seg, att, dom, iommu, pasid, maxp)
-
-
+@codec("iommu_device_ser__pran", PRAN_22FA)
 @dataclass(frozen=True)
-class IommuHwSer:
-    """Models ``struct iommu_hw_ser`` (with ``iommu_intel_ser``) from include/linux/kho/abi/iommu.h.
+class IommuDeviceSerPran(IommuDeviceSer):
+    """Device object of 22fa8f30, 72 bytes: ``dma_owner_token`` at 16, VT-d part at 48."""
 
-    Packed, 112 bytes: ``hdr`` @0 (8), ``token`` u64 @8 (VT-d: DRHD register
-    base), ``type`` u64 @16 (``IOMMU_INTEL``), VT-d ``intel`` @24 =
-    {``restored`` u8 @24, 7 padding bytes @25 (written 0, ignored on read),
-    ``phys_addr`` (here ``reg_phys``) u64 @32, ``root_table`` u64 @40,
-    ``context_tables_bitmap`` u64[8] @48 (bit b set = context table of bus b
-    preserved)}.
-    """
+    dma_owner_token: int = 0
+    restored: int = 0
+
+
+@codec("iommu_hw_ser__generic", SAMI_07A4)
+@dataclass(frozen=True)
+class IommuHwSerGeneric(CStruct):
+    """HW unit of 07a49313 without a vendor part, 24 bytes."""
 
     hdr: IommuHdrSer
     token: int
     type: int
+
+
+@codec("iommu_hw_ser", f"{SAMI_EF75}; same bytes as {PRAN_22FA}",
+       renames={"intel.phys_addr": "reg_phys"})
+@dataclass(frozen=True)
+class IommuHwSer(IommuHwSerGeneric):
+    """HW unit with ``iommu_intel_ser``, 112 bytes.
+
+    ``token`` (VT-d: DRHD register base), ``type`` (``IOMMU_INTEL``), then
+    ``restored`` @24, 7 padding bytes, ``phys_addr`` (here ``reg_phys``) @32,
+    ``root_table`` @40, ``context_tables_bitmap`` u64[8] @48 (bit b set =
+    context table of bus b preserved).
+    """
+
     restored: int = 0
     reg_phys: int = 0
     root_table: int = 0
     context_tables_bitmap: tuple[int, ...] = field(default=(0,) * VTD_CONTEXT_BITMAP_WORDS)
 
-    SIZE: ClassVar[int] = 112
-    _ST: ClassVar[struct.Struct] = struct.Struct("<8sQQB7xQQ8Q")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("hdr", 0, 8), ("token", 8, 8), ("type", 16, 8), ("intel.restored", 24, 1),
-        ("intel.padding", 25, 7), ("intel.phys_addr", 32, 8), ("intel.root_table", 40, 8),
-        ("intel.context_tables_bitmap", 48, 64))
-
     def context_table_preserved(self, bus: int) -> bool:
         _u("bus", bus, 9)
         return bool(self.context_tables_bitmap[bus // 64] >> (bus % 64) & 1)
 
-    def encode(self) -> bytes:
-        n = "iommu_hw_ser"
-        if len(self.context_tables_bitmap) != VTD_CONTEXT_BITMAP_WORDS:
-            raise ValueError(f"{n}.intel.context_tables_bitmap: need "
-                             f"{VTD_CONTEXT_BITMAP_WORDS} words")
-        words = [_u(f"{n}.intel.context_tables_bitmap[{i}]", w)
-                 for i, w in enumerate(self.context_tables_bitmap)]
-        return self._ST.pack(self.hdr.encode(), _u(f"{n}.token", self.token),
-                             _u(f"{n}.type", self.type),
-                             _u(f"{n}.intel.restored", self.restored, 8),
-                             _u(f"{n}.intel.phys_addr", self.reg_phys),
-                             _u(f"{n}.intel.root_table", self.root_table), *words)
 
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "iommu_hw_ser") -> Self:
-        vals = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "iommu_hw_ser")
-        return cls(IommuHdrSer.decode(buf, offset, what), vals[1], vals[2], vals[3], vals[4],
-                   vals[5], tuple(vals[6:]))
+@dataclass(frozen=True)
+class IommuAbi:
+    """One version of iommu.h as a whole: the codecs a kernel built from it uses."""
+
+    source: str
+    compatible: str
+    version: int | None  # the iommu_flb_ser version word, None if the struct has none
+    flb: type[IommuFlbSer] | type[IommuFlbSerV1]
+    hw: type[IommuHwSerGeneric]
+    domain: type[IommuDomainSer]
+    device: type[IommuDeviceSerGeneric]
+    vtd: bool  # carries the VT-d union (root/context tables, PASID table)
 
 
-assert struct.calcsize("<QQQQ") == IommuFlbSer.SIZE
-assert struct.calcsize("<QQQ") == IommuFlbSerV1.SIZE
-assert struct.calcsize("<QQ") == IommuArrayHdrSer.SIZE
-assert struct.calcsize("<II") == IommuHdrSer.SIZE
-assert struct.calcsize("<8sQQIIQ") == IommuDomainSer.SIZE
-assert struct.calcsize("<8sIIQQQQQ") == IommuDeviceSer.SIZE
-assert struct.calcsize("<8sQQB7xQQ8Q") == IommuHwSer.SIZE
+IOMMU_ABI_SAMI_EF75 = IommuAbi(SAMI_EF75, IOMMU_LUO_FLB_COMPATIBLE_LU_V1, None, IommuFlbSerV1,
+                               IommuHwSer, IommuDomainSer, IommuDeviceSer, True)
+IOMMU_ABI_PRAN_22FA = IommuAbi(PRAN_22FA, IOMMU_LUO_FLB_COMPATIBLE, IOMMU_LUO_FLB_VERSION,
+                               IommuFlbSer, IommuHwSer, IommuDomainSerPran, IommuDeviceSerPran,
+                               True)
+IOMMU_ABI_SAMI_07A4 = IommuAbi(SAMI_07A4, IOMMU_LUO_FLB_COMPATIBLE, IOMMU_LUO_FLB_VERSION,
+                               IommuFlbSer, IommuHwSerGeneric, IommuDomainSer,
+                               IommuDeviceSerGeneric, False)
+
+#: The VT-d-capable header a kernel with this FLB compatible is built from.
+IOMMU_ABIS: dict[str, IommuAbi] = {
+    IOMMU_LUO_FLB_COMPATIBLE_LU_V1: IOMMU_ABI_SAMI_EF75,
+    IOMMU_LUO_FLB_COMPATIBLE: IOMMU_ABI_PRAN_22FA,
+}
+
+
+def iommu_abi(compatible: str) -> IommuAbi:
+    """The :class:`IommuAbi` of an FLB compatible (``ValueError`` if none is modelled)."""
+    try:
+        return IOMMU_ABIS[compatible]
+    except KeyError:
+        raise ValueError(f"no iommu.h layout for FLB compatible {compatible!r} "
+                         f"(known: {', '.join(IOMMU_ABIS)})") from None
 
 
 def objs_per_page(obj_size: int) -> int:
-    """``(PAGE_SIZE - 16) // obj_size``: 36 HW units, 102 domains, 72 devices."""
+    """``(PAGE_SIZE - 16) // obj_size``: 36 HW units; 110 (ef754267) or 102 (22fa8f30) domains."""
     if obj_size <= 0:
         raise ValueError("obj_size must be positive")
     return (PAGE_SIZE - IommuArrayHdrSer.SIZE) // obj_size
@@ -338,14 +394,8 @@ def objs_per_page(obj_size: int) -> int:
 
 def encode_array_page(objects: Sequence[bytes], obj_size: int, next_array_phys: int) -> bytes:
     """One array page: header then the objects, zero fill to 4096 bytes (may be empty)."""
-    cap = objs_per_page(obj_size)
-    if len(objects) > cap:
-        raise ValueError(f"{len(objects)} objects exceed the page capacity {cap}")
-    for i, o in enumerate(objects):
-        if len(o) != obj_size:
-            raise ValueError(f"object {i} is {len(o)} bytes, expected {obj_size}")
-    out = IommuArrayHdrSer(next_array_phys, len(objects)).encode() + b"".join(objects)
-    return out.ljust(PAGE_SIZE, b"\0")
+    return pack_page(IommuArrayHdrSer(next_array_phys, len(objects)).encode(), objects,
+                     obj_size, "array page")
 
 
 def decode_array_page(buf: bytes, obj_size: int, what: str,
@@ -375,30 +425,9 @@ def walk_arrays(read_page: Callable[[int], bytes], head_phys: int, obj_size: int
     FLB's three arrays; the caller decides).  Cycles → ``cycle``; unaligned or
     unreadable pages → ``bad-pointer``; more than ``max_pages`` → ``bad-value``.
     """
-    out: list[bytes] = []
-    seen: set[int] = set()
-    pa = head_phys
-    while pa:
-        if pa % PAGE_SIZE:
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"array page {pa:#x} is not page aligned", kind="bad-pointer")
-        if pa in seen:
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"cycle: array page {pa:#x} visited twice", kind="cycle")
-        if len(seen) >= max_pages:
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"more than {max_pages} array pages")
-        seen.add(pa)
-        try:
-            page = read_page(pa)
-        except Exception as exc:  # memory model errors → typed decode error
-            raise DecodeError(what, pa, "iommu_array_hdr_ser.next_array_phys",
-                              f"cannot read array page at {pa:#x}: {exc!r}",
-                              kind="bad-pointer") from exc
-        nxt, objs = decode_array_page(page, obj_size, what, base=pa)
-        out.extend(objs)
-        pa = nxt
-    return out
+    return walk_pages(read_page, head_phys, what, "iommu_array_hdr_ser.next_array_phys",
+                      lambda page, pa: decode_array_page(page, obj_size, what, base=pa),
+                      max_pages, "array page")
 
 
 # ----------------------------------------------------------------- VT-d hardware formats

@@ -19,23 +19,21 @@ NUL when read back (a missing NUL is reported as corruption).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
 
 from luosim.abi import fdt as fdtlib
 from luosim.abi.block import KHO_BLOCK_MAX as KHO_BLOCK_MAX
-from luosim.abi.block import (
-    KHO_BLOCK_SIZE,
-    FieldSpec,
-    block_capacity,
-    check_int,
-    check_uint,
-    unpack_fields,
-)
+from luosim.abi.block import KHO_BLOCK_SIZE, block_capacity
 from luosim.abi.block import KhoBlockHeaderSer as KhoBlockHeaderSer
-from luosim.abi.errors import DecodeError, cstr, pack_cstr
+from luosim.abi.cdecl import CStruct, check_uint, codec, declare
+from luosim.abi.errors import DecodeError
+
+LUO_H = "torvalds/linux@cc4adab1 include/linux/kho/abi/luo.h"
+LUO_FLB_H = ("include/linux/kho/abi/luo.h of the LUO FLB series (luo-flb-v1; not in "
+             "torvalds/linux@cc4adab1)")
+LUO_V5_H = "include/linux/kho/abi/luo.h of the LUO linked-block series (luo-v5, spec luo.md §5.2)"
+UAPI_H = "torvalds/linux@16cec0d2 include/uapi/linux/liveupdate.h"
 
 PAGE_SIZE = 4096
 
@@ -84,206 +82,113 @@ def _u(field: str, value: int, bits: int = 64) -> int:
 
 # ----------------------------------------------------------------- serialized structs
 
+declare("""
+struct luo_session_header_ser {
+    u64 count;
+} __packed;
+struct luo_file_set_ser {
+    u64 files;
+    u64 count;
+} __packed;
+struct luo_session_ser {
+    char name[64];                      /* LIVEUPDATE_SESSION_NAME_LENGTH */
+    struct luo_file_set_ser file_set_ser;
+} __packed;
+struct luo_file_ser {
+    char compatible[48];                /* LIVEUPDATE_HNDL_COMPAT_LENGTH */
+    u64 data;
+    u64 token;
+} __packed;
+struct luo_flb_header_ser {
+    u64 pgcnt;
+    u64 count;
+} __packed;
+struct luo_flb_ser {
+    char name[48];
+    u64 data;
+    u64 count;
+} __packed;
+struct luo_ser {
+    char compatible[8];
+    u64 liveupdate_num;
+    u64 sessions_pa;
+    u64 flbs_pa;
+} __packed;
+""")
 
+
+@codec("luo_session_header_ser", LUO_H, what="luo session header")
 @dataclass(frozen=True)
-class LuoSessionHeaderSer:
-    """Models ``struct luo_session_header_ser`` from include/linux/kho/abi/luo.h (P0/P1).
-
-    Packed, 8 bytes: ``count`` u64 @0; the session array follows immediately.
-    """
+class LuoSessionHeaderSer(CStruct):
+    """P0/P1 session block header: ``count``; the session array follows immediately."""
 
     count: int
 
-    SIZE: ClassVar[int] = 8
-    _ST: ClassVar[struct.Struct] = struct.Struct("<Q")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("count", 0, 8),)
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("luo_session_header_ser.count", self.count))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo session header") -> Self:
-        (count,) = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                 "luo_session_header_ser")
-        return cls(count)
-
-
+@codec("luo_file_set_ser", LUO_H, what="luo file set")
 @dataclass(frozen=True)
-class LuoFileSetSer:
-    """Models ``struct luo_file_set_ser`` from include/linux/kho/abi/luo.h.
-
-    Packed, 16 bytes: ``files`` u64 @0 (phys of the file array / first file
-    block, 0 if none), ``count`` u64 @8 (number of files).
-    """
+class LuoFileSetSer(CStruct):
+    """File array / first file block phys (0 if none) and number of files."""
 
     files: int
     count: int
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("files", 0, 8), ("count", 8, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("luo_file_set_ser.files", self.files),
-                             _u("luo_file_set_ser.count", self.count))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo file set") -> Self:
-        files, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "luo_file_set_ser")
-        return cls(files, count)
-
-
+@codec("luo_session_ser", LUO_H, what="luo session")
 @dataclass(frozen=True)
-class LuoSessionSer:
-    """Models ``struct luo_session_ser`` from include/linux/kho/abi/luo.h.
-
-    Packed, 80 bytes: ``name`` char[64] @0, ``file_set_ser`` @64 =
-    {``files`` u64 @64, ``count`` u64 @72} (flattened here).
-    """
+class LuoSessionSer(CStruct):
+    """Session record (80 bytes): ``name`` and ``file_set_ser`` (flattened here)."""
 
     name: str
     files: int
     count: int
-
-    SIZE: ClassVar[int] = 80
-    _ST: ClassVar[struct.Struct] = struct.Struct("<64sQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("name", 0, 64), ("file_set_ser.files", 64, 8), ("file_set_ser.count", 72, 8))
 
     @property
     def file_set(self) -> LuoFileSetSer:
         return LuoFileSetSer(self.files, self.count)
 
-    def encode(self) -> bytes:
-        return self._ST.pack(pack_cstr(self.name, LUO_SESSION_NAME_LENGTH, "luo_session_ser.name"),
-                             _u("luo_session_ser.file_set_ser.files", self.files),
-                             _u("luo_session_ser.file_set_ser.count", self.count))
 
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo session") -> Self:
-        raw, files, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                          "luo_session_ser")
-        return cls(cstr(what, raw, offset, "luo_session_ser.name"), files, count)
-
-
+@codec("luo_file_ser", LUO_H, what="luo file")
 @dataclass(frozen=True)
-class LuoFileSer:
-    """Models ``struct luo_file_ser`` from include/linux/kho/abi/luo.h.
-
-    Packed, 64 bytes: ``compatible`` char[48] @0 (file handler compatible),
-    ``data`` u64 @48 (handler's opaque serialized_data), ``token`` u64 @56.
-    """
+class LuoFileSer(CStruct):
+    """File record (64 bytes): handler ``compatible``, its opaque ``data``, ``token``."""
 
     compatible: str
     data: int
     token: int
 
-    SIZE: ClassVar[int] = 64
-    _ST: ClassVar[struct.Struct] = struct.Struct("<48sQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("compatible", 0, 48), ("data", 48, 8), ("token", 56, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(
-            pack_cstr(self.compatible, LIVEUPDATE_HNDL_COMPAT_LENGTH, "luo_file_ser.compatible"),
-            _u("luo_file_ser.data", self.data), _u("luo_file_ser.token", self.token))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo file") -> Self:
-        raw, data, token = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "luo_file_ser")
-        return cls(cstr(what, raw, offset, "luo_file_ser.compatible"), data, token)
-
-
+@codec("luo_flb_header_ser", LUO_FLB_H, what="luo flb header")
 @dataclass(frozen=True)
-class LuoFlbHeaderSer:
-    """Models ``struct luo_flb_header_ser`` from include/linux/kho/abi/luo.h (P1+).
-
-    Packed, 16 bytes: ``pgcnt`` u64 @0 (always 1), ``count`` u64 @8; the
-    ``luo_flb_ser`` array follows immediately.
-    """
+class LuoFlbHeaderSer(CStruct):
+    """FLB page header (P1+): ``pgcnt`` (always 1), ``count``; records follow."""
 
     pgcnt: int
     count: int
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("pgcnt", 0, 8), ("count", 8, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("luo_flb_header_ser.pgcnt", self.pgcnt),
-                             _u("luo_flb_header_ser.count", self.count))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo flb header") -> Self:
-        pgcnt, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                     "luo_flb_header_ser")
-        return cls(pgcnt, count)
-
-
+@codec("luo_flb_ser", LUO_FLB_H, what="luo flb")
 @dataclass(frozen=True)
-class LuoFlbSer:
-    """Models ``struct luo_flb_ser`` from include/linux/kho/abi/luo.h (P1+).
-
-    Packed, 64 bytes: ``name`` char[48] @0 (the FLB compatible), ``data`` u64
-    @48 (opaque, e.g. phys of ``pci_ser``), ``count`` u64 @56 (dependent files).
-    """
+class LuoFlbSer(CStruct):
+    """FLB record (64 bytes): ``name`` (the FLB compatible), opaque ``data``, ``count``."""
 
     name: str
     data: int
     count: int
 
-    SIZE: ClassVar[int] = 64
-    _ST: ClassVar[struct.Struct] = struct.Struct("<48sQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("name", 0, 48), ("data", 48, 8), ("count", 56, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(
-            pack_cstr(self.name, LIVEUPDATE_HNDL_COMPAT_LENGTH, "luo_flb_ser.name"),
-            _u("luo_flb_ser.data", self.data), _u("luo_flb_ser.count", self.count))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo flb") -> Self:
-        raw, data, count = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "luo_flb_ser")
-        return cls(cstr(what, raw, offset, "luo_flb_ser.name"), data, count)
-
-
+@codec("luo_ser", LUO_V5_H)
 @dataclass(frozen=True)
-class LuoSer:
-    """Models ``struct luo_ser`` (``luo-v5``) from include/linux/kho/abi/luo.h (P3/P4).
-
-    Packed, 32 bytes: ``compatible`` char[8] @0, ``liveupdate_num`` u64 @8,
-    ``sessions_pa`` u64 @16 (first session block, 0 = none), ``flbs_pa`` u64
-    @24 (FLB header page).  Use :func:`decode_luo_v5` for the incoming checks.
-    """
+class LuoSer(CStruct):
+    """``luo-v5`` blob (32 bytes): ``compatible``, ``liveupdate_num``, first session block,
+    FLB header page.  Use :func:`decode_luo_v5` for the incoming checks."""
 
     compatible: str
     liveupdate_num: int
     sessions_pa: int
     flbs_pa: int
 
-    SIZE: ClassVar[int] = 32
-    _ST: ClassVar[struct.Struct] = struct.Struct("<8sQQQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("compatible", 0, 8), ("liveupdate_num", 8, 8), ("sessions_pa", 16, 8),
-        ("flbs_pa", 24, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(pack_cstr(self.compatible, LUO_V5_COMPAT_LENGTH, "luo_ser.compatible"),
-                             _u("luo_ser.liveupdate_num", self.liveupdate_num),
-                             _u("luo_ser.sessions_pa", self.sessions_pa),
-                             _u("luo_ser.flbs_pa", self.flbs_pa))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "luo_ser") -> Self:
-        raw, num, spa, fpa = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "luo_ser")
-        return cls(cstr(what, raw, offset, "luo_ser.compatible"), num, spa, fpa)
-
-
-_SIZED: tuple[tuple[Any, str], ...] = ((LuoSessionHeaderSer, "<Q"), (LuoFileSetSer, "<QQ"),
-                   (LuoSessionSer, "<64sQQ"), (LuoFileSer, "<48sQQ"),
-                   (LuoFlbHeaderSer, "<QQ"), (LuoFlbSer, "<48sQQ"), (LuoSer, "<8sQQQ"))
-for _cls, _fmt in _SIZED:
-    assert struct.calcsize(_fmt) == _cls.SIZE, _cls
 assert block_capacity(LuoSessionSer.SIZE) == LUO_SESSIONS_PER_BLOCK
 assert block_capacity(LuoFileSer.SIZE) == LUO_FILES_PER_BLOCK
 assert (LUO_SESSION_BLOCK_SIZE - LuoSessionHeaderSer.SIZE) // LuoSessionSer.SIZE == LUO_SESSION_MAX
@@ -499,158 +404,104 @@ class _NameMixin:
         return self.name[:self.name_len].decode("latin-1")
 
 
+# uAPI structs: natural alignment (no __packed).
+declare("""
+struct liveupdate_ioctl_create_session {
+    __u32 size;
+    __s32 fd;
+    __u8 name[64];                      /* LIVEUPDATE_SESSION_NAME_LENGTH */
+};
+struct liveupdate_ioctl_retrieve_session {
+    __u32 size;
+    __s32 fd;
+    __u8 name[64];
+};
+struct liveupdate_session_preserve_fd {
+    __u32 size;
+    __s32 fd;
+    __aligned_u64 token;
+};
+struct liveupdate_session_retrieve_fd {
+    __u32 size;
+    __s32 fd;
+    __aligned_u64 token;
+};
+struct liveupdate_session_finish {
+    __u32 size;
+    __u32 reserved;
+};
+struct liveupdate_session_get_name {
+    __u32 size;
+    __u32 reserved;
+    __u8 name[64];
+};
+""")
+
+
 @dataclass(frozen=True)
-class _SessionNameArg(_NameMixin):
+class _SessionNameArg(_NameMixin, CStruct):
     size: int = 72
     fd: int = 0
     name: bytes = b""
 
-    SIZE: ClassVar[int] = 72
-    _ST: ClassVar[struct.Struct] = struct.Struct("<Ii64s")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("size", 0, 4), ("fd", 4, 4), ("name", 8, 64))
-    _CNAME: ClassVar[str] = ""
-
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", _name_field(f"{self._CNAME}.name", self.name))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(check_uint(f"{self._CNAME}.size", self.size, 32),
-                             check_int(f"{self._CNAME}.fd", self.fd, 32), self.name)
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "ioctl argument") -> Self:
-        size, fd, name = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, cls._CNAME)
-        return cls(size, fd, name)
+        object.__setattr__(self, "name", _name_field(f"{self.C_NAME}.name", self.name))
 
 
+@codec("liveupdate_ioctl_create_session", UAPI_H, what="ioctl argument")
 @dataclass(frozen=True)
 class LiveupdateIoctlCreateSession(_SessionNameArg):
-    """Models ``struct liveupdate_ioctl_create_session`` (include/uapi/linux/liveupdate.h).
-
-    72 bytes: ``size`` u32 @0 (in), ``fd`` s32 @4 (out), ``name`` u8[64] @8
-    (in; kept as raw bytes so callers can apply P0/P1 truncation or P3 strnlen).
-    """
-
-    _CNAME: ClassVar[str] = "liveupdate_ioctl_create_session"
+    """``size`` (in), ``fd`` (out), ``name`` (in; raw bytes so callers can apply
+    P0/P1 truncation or P3 strnlen); 72 bytes."""
 
 
+@codec("liveupdate_ioctl_retrieve_session", UAPI_H, what="ioctl argument")
 @dataclass(frozen=True)
 class LiveupdateIoctlRetrieveSession(_SessionNameArg):
-    """Models ``struct liveupdate_ioctl_retrieve_session`` (include/uapi/linux/liveupdate.h).
-
-    72 bytes, same layout as create_session: ``size`` u32 @0, ``fd`` s32 @4
-    (out), ``name`` u8[64] @8 (in, raw bytes).
-    """
-
-    _CNAME: ClassVar[str] = "liveupdate_ioctl_retrieve_session"
+    """Same layout as create_session: ``size``, ``fd`` (out), ``name`` (in, raw bytes)."""
 
 
 @dataclass(frozen=True)
-class _FdTokenArg:
+class _FdTokenArg(CStruct):
     size: int = 16
     fd: int = 0
     token: int = 0
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<IiQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("size", 0, 4), ("fd", 4, 4), ("token", 8, 8))
-    _CNAME: ClassVar[str] = ""
 
-    def encode(self) -> bytes:
-        return self._ST.pack(check_uint(f"{self._CNAME}.size", self.size, 32),
-                             check_int(f"{self._CNAME}.fd", self.fd, 32),
-                             check_uint(f"{self._CNAME}.token", self.token, 64))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "ioctl argument") -> Self:
-        size, fd, token = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, cls._CNAME)
-        return cls(size, fd, token)
-
-
+@codec("liveupdate_session_preserve_fd", UAPI_H, what="ioctl argument")
 @dataclass(frozen=True)
 class LiveupdateSessionPreserveFd(_FdTokenArg):
-    """Models ``struct liveupdate_session_preserve_fd`` (include/uapi/linux/liveupdate.h).
-
-    16 bytes: ``size`` u32 @0, ``fd`` s32 @4 (in), ``token`` aligned u64 @8 (in).
-    """
-
-    _CNAME: ClassVar[str] = "liveupdate_session_preserve_fd"
+    """``size``, ``fd`` (in), ``token`` (in, aligned u64 @8); 16 bytes."""
 
 
+@codec("liveupdate_session_retrieve_fd", UAPI_H, what="ioctl argument")
 @dataclass(frozen=True)
 class LiveupdateSessionRetrieveFd(_FdTokenArg):
-    """Models ``struct liveupdate_session_retrieve_fd`` (include/uapi/linux/liveupdate.h).
-
-    16 bytes: ``size`` u32 @0, ``fd`` s32 @4 (out), ``token`` u64 @8 (in).
-    """
-
-    _CNAME: ClassVar[str] = "liveupdate_session_retrieve_fd"
+    """``size``, ``fd`` (out), ``token`` (in); 16 bytes."""
 
 
+@codec("liveupdate_session_finish", UAPI_H, what="ioctl argument")
 @dataclass(frozen=True)
-class LiveupdateSessionFinish:
-    """Models ``struct liveupdate_session_finish`` (include/uapi/linux/liveupdate.h).
-
-    8 bytes: ``size`` u32 @0, ``reserved`` u32 @4 (not checked by the kernel).
-    """
+class LiveupdateSessionFinish(CStruct):
+    """``size``, ``reserved`` (not checked by the kernel); 8 bytes."""
 
     size: int = 8
     reserved: int = 0
 
-    SIZE: ClassVar[int] = 8
-    _ST: ClassVar[struct.Struct] = struct.Struct("<II")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("size", 0, 4), ("reserved", 4, 4))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(check_uint("liveupdate_session_finish.size", self.size, 32),
-                             check_uint("liveupdate_session_finish.reserved", self.reserved, 32))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "ioctl argument") -> Self:
-        size, reserved = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                       "liveupdate_session_finish")
-        return cls(size, reserved)
-
-
+@codec("liveupdate_session_get_name", UAPI_H, what="ioctl argument")
 @dataclass(frozen=True)
-class LiveupdateSessionGetName(_NameMixin):
-    """Models ``struct liveupdate_session_get_name`` (include/uapi/linux/liveupdate.h, P3+).
-
-    72 bytes: ``size`` u32 @0, ``reserved`` u32 @4 (must be 0), ``name``
-    u8[64] @8 (out).  The dispatch table's min size is 16 (spec luo.md §2.3).
-    """
+class LiveupdateSessionGetName(_NameMixin, CStruct):
+    """P3+: ``size``, ``reserved`` (must be 0), ``name`` (out); 72 bytes.  The dispatch
+    table's min size is 16 (spec luo.md §2.3)."""
 
     size: int = 72
     reserved: int = 0
     name: bytes = b""
 
-    SIZE: ClassVar[int] = 72
-    _ST: ClassVar[struct.Struct] = struct.Struct("<II64s")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("size", 0, 4), ("reserved", 4, 4),
-                                                 ("name", 8, 64))
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", _name_field("liveupdate_session_get_name.name",
                                                      self.name))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(check_uint("liveupdate_session_get_name.size", self.size, 32),
-                             check_uint("liveupdate_session_get_name.reserved", self.reserved, 32),
-                             self.name)
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "ioctl argument") -> Self:
-        size, reserved, name = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                             "liveupdate_session_get_name")
-        return cls(size, reserved, name)
-
-
-_SIZED_IOCTL: tuple[tuple[Any, str], ...] = (
-    (LiveupdateIoctlCreateSession, "<Ii64s"), (LiveupdateIoctlRetrieveSession, "<Ii64s"),
-    (LiveupdateSessionPreserveFd, "<IiQ"), (LiveupdateSessionRetrieveFd, "<IiQ"),
-    (LiveupdateSessionFinish, "<II"), (LiveupdateSessionGetName, "<II64s"))
-for _cls, _fmt in _SIZED_IOCTL:
-    assert struct.calcsize(_fmt) == _cls.SIZE, _cls
 
 
 @dataclass(frozen=True)

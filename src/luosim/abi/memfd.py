@@ -13,13 +13,17 @@ The LUO file record's ``data`` is the physical address of the 40/48-byte
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
-from luosim.abi.block import FieldSpec, check_uint, unpack_fields
-from luosim.abi.errors import DecodeError
+from luosim.abi.cdecl import CStruct, codec, declare
+
+KHO_H = "torvalds/linux@c17ee635 include/linux/kho/abi/kexec_handover.h"
+KHO_C = "torvalds/linux@c17ee635 kernel/liveupdate/kexec_handover.c"
+MEMFD_H = "torvalds/linux@ac2d8102 include/linux/kho/abi/memfd.h"
+MEMFD_H_V2 = ("include/linux/kho/abi/memfd.h, memfd-v2 revision with seals and flags (LUO series, "
+              "spec luo.md §5.3; layout checked against a stored copy of that header)")
 
 PAGE_SIZE = 4096
 
@@ -52,117 +56,98 @@ PFN_BITS = 52
 FOLIO_FLAG_BITS = 12
 
 
-def _u(field_name: str, value: int, bits: int = 64) -> int:
-    check_uint(field_name, value, bits)
-    return value
+declare("""
+struct kho_vmalloc {
+    u64 first;              /* DECLARE_KHOSER_PTR(first, struct kho_vmalloc_chunk *) */
+    unsigned int total_pages;
+    unsigned short flags;
+    unsigned short order;
+};
+""")
+declare("""
+struct memfd_luo_folio_ser {
+    u64 pfn:52;
+    u64 flags:12;
+    u64 index;
+} __packed;
+struct memfd_luo_ser {
+    u64 pos;
+    u64 size;
+    u64 nr_folios;
+    struct kho_vmalloc folios;
+} __packed;
+struct memfd_luo_ser__v2 {
+    u64 pos;
+    u64 size;
+    u32 seals;
+    u32 flags;
+    u64 nr_folios;
+    struct kho_vmalloc folios;
+} __packed;
+struct kho_vmalloc_chunk {
+    u64 next;               /* struct kho_vmalloc_hdr hdr */
+    u64 phys[511];
+} __packed;
+""")
 
 
+@codec("kho_vmalloc", KHO_H)
 @dataclass(frozen=True)
-class KhoVmalloc:
-    """Models ``struct kho_vmalloc`` from include/linux/kho/abi/kexec_handover.h.
-
-    Not packed but naturally aligned, 16 bytes: ``first`` u64 @0 (phys of the
-    first ``kho_vmalloc_chunk``, 0 if none), ``total_pages`` u32 @8, ``flags``
-    u16 @12 (``KHO_VMALLOC_*``), ``order`` u16 @14.
-    """
+class KhoVmalloc(CStruct):
+    """Vmalloc descriptor (naturally aligned, 16 bytes): first chunk phys (0 if none),
+    ``total_pages``, ``flags`` (``KHO_VMALLOC_*``), ``order``."""
 
     first: int = 0
     total_pages: int = 0
     flags: int = 0
     order: int = 0
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QIHH")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("first", 0, 8), ("total_pages", 8, 4), ("flags", 12, 2), ("order", 14, 2))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("kho_vmalloc.first", self.first),
-                             _u("kho_vmalloc.total_pages", self.total_pages, 32),
-                             _u("kho_vmalloc.flags", self.flags, 16),
-                             _u("kho_vmalloc.order", self.order, 16))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "kho_vmalloc") -> Self:
-        first, total, flags, order = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                                   "kho_vmalloc")
-        return cls(first, total, flags, order)
-
-
+@codec("kho_vmalloc_chunk", KHO_C)
 @dataclass(frozen=True)
-class KhoVmallocChunk:
-    """Models ``struct kho_vmalloc_chunk`` (kernel/liveupdate/kexec_handover.c): one page.
+class KhoVmallocChunk(CStruct):
+    """One page of the chunk list: ``hdr.next`` (0 = last) then ``phys[511]``.
 
-    ``hdr.next`` u64 @0 (phys of the next chunk, 0 = last) then
-    ``phys[511]`` u64 @8.. listing preserved pages; the list ends at the first
+    ``phys`` here lists the used entries only; the list ends at the first
     zero entry (or when all 511 are used).
     """
 
     next: int
     phys: tuple[int, ...] = ()
 
-    SIZE: ClassVar[int] = PAGE_SIZE
-    _ST: ClassVar[struct.Struct] = struct.Struct(f"<Q{KHO_VMALLOC_SIZE}Q")
-
     def encode(self) -> bytes:
         if len(self.phys) > KHO_VMALLOC_SIZE:
             raise ValueError(f"kho_vmalloc_chunk.phys: {len(self.phys)} entries exceed "
                              f"{KHO_VMALLOC_SIZE}")
         for i, p in enumerate(self.phys):
-            _u(f"kho_vmalloc_chunk.phys[{i}]", p)
             if p == 0:
                 raise ValueError(f"kho_vmalloc_chunk.phys[{i}]: 0 would end the list")
-        vals = list(self.phys) + [0] * (KHO_VMALLOC_SIZE - len(self.phys))
-        return self._ST.pack(_u("kho_vmalloc_chunk.hdr.next", self.next), *vals)
+        full = self.phys + (0,) * (KHO_VMALLOC_SIZE - len(self.phys))
+        return CStruct.encode(KhoVmallocChunk(self.next, full))
 
     @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "kho_vmalloc_chunk") -> Self:
-        fields = (("hdr.next", 0, 8), ("phys", 8, 8 * KHO_VMALLOC_SIZE))
-        vals = unpack_fields(what, cls._ST, buf, offset, fields, "kho_vmalloc_chunk")
-        phys: list[int] = []
-        for p in vals[1:]:
-            if p == 0:
-                break
-            phys.append(p)
-        return cls(vals[0], tuple(phys))
+    def decode(cls, buf: bytes, offset: int = 0, what: str | None = None) -> Self:
+        raw = super().decode(buf, offset, what)
+        phys = raw.phys
+        end = phys.index(0) if 0 in phys else len(phys)
+        return cls(raw.next, phys[:end])
 
 
+@codec("memfd_luo_folio_ser", MEMFD_H, what="memfd folio")
 @dataclass(frozen=True)
-class MemfdLuoFolioSer:
-    """Models ``struct memfd_luo_folio_ser`` from include/linux/kho/abi/memfd.h.
-
-    Packed, 16 bytes: one u64 @0 holding ``pfn`` (bits 0-51) and ``flags``
-    (bits 52-63; ``MEMFD_LUO_FOLIO_DIRTY`` bit 0, ``..._UPTODATE`` bit 1),
-    then ``index`` u64 @8 (page offset of the folio in the file).
-    """
+class MemfdLuoFolioSer(CStruct):
+    """Folio record (16 bytes): ``pfn`` bits 0-51 and ``flags`` bits 52-63 of one u64
+    (``MEMFD_LUO_FOLIO_DIRTY`` bit 0, ``..._UPTODATE`` bit 1), ``index`` (page offset)."""
 
     pfn: int
     flags: int
     index: int
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("pfn|flags", 0, 8), ("index", 8, 8))
 
-    def encode(self) -> bytes:
-        word = (_u("memfd_luo_folio_ser.pfn", self.pfn, PFN_BITS)
-                | _u("memfd_luo_folio_ser.flags", self.flags, FOLIO_FLAG_BITS) << PFN_BITS)
-        return self._ST.pack(word, _u("memfd_luo_folio_ser.index", self.index))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "memfd folio") -> Self:
-        word, index = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                    "memfd_luo_folio_ser")
-        return cls(word & ((1 << PFN_BITS) - 1), word >> PFN_BITS, index)
-
-
+@codec("memfd_luo_ser", MEMFD_H, what="memfd_luo_ser v1")
 @dataclass(frozen=True)
-class MemfdLuoSerV1:
-    """Models ``struct memfd_luo_ser`` (``memfd-v1``) from include/linux/kho/abi/memfd.h.
-
-    Packed, 40 bytes: ``pos`` u64 @0, ``size`` u64 @8, ``nr_folios`` u64 @16,
-    ``folios`` ``kho_vmalloc`` @24 (16 bytes).
-    """
+class MemfdLuoSerV1(CStruct):
+    """``memfd-v1`` record (40 bytes): ``pos``, ``size``, ``nr_folios``, ``folios`` @24."""
 
     pos: int
     size: int
@@ -170,30 +155,14 @@ class MemfdLuoSerV1:
     folios: KhoVmalloc = field(default_factory=KhoVmalloc)
 
     COMPATIBLE: ClassVar[str] = MEMFD_LUO_FH_COMPATIBLE_V1
-    SIZE: ClassVar[int] = 40
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQQ16s")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("pos", 0, 8), ("size", 8, 8), ("nr_folios", 16, 8), ("folios", 24, 16))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("memfd_luo_ser.pos", self.pos), _u("memfd_luo_ser.size", self.size),
-                             _u("memfd_luo_ser.nr_folios", self.nr_folios), self.folios.encode())
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "memfd_luo_ser v1") -> Self:
-        pos, size, nr, _ = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "memfd_luo_ser")
-        return cls(pos, size, nr, KhoVmalloc.decode(buf, offset + 24, what))
 
 
+@codec("memfd_luo_ser__v2", MEMFD_H_V2, what="memfd_luo_ser v2")
 @dataclass(frozen=True)
-class MemfdLuoSerV2:
-    """Models ``struct memfd_luo_ser`` (``memfd-v2``) from include/linux/kho/abi/memfd.h.
-
-    Packed, 48 bytes: ``pos`` u64 @0, ``size`` u64 @8, ``seals`` u32 @16,
-    ``flags`` u32 @20 (unused, must be 0), ``nr_folios`` u64 @24, ``folios``
-    ``kho_vmalloc`` @32 (16 bytes).  Unknown seals are not a decode error; the
-    handler refuses them (``EOPNOTSUPP``) — see :attr:`unknown_seals`.
-    """
+class MemfdLuoSerV2(CStruct):
+    """``memfd-v2`` record (48 bytes): ``pos``, ``size``, ``seals`` @16, ``flags`` @20 (0),
+    ``nr_folios`` @24, ``folios`` @32.  Unknown seals are not a decode error; the
+    handler refuses them (``EOPNOTSUPP``) — see :attr:`unknown_seals`."""
 
     pos: int
     size: int
@@ -203,48 +172,18 @@ class MemfdLuoSerV2:
     folios: KhoVmalloc = field(default_factory=KhoVmalloc)
 
     COMPATIBLE: ClassVar[str] = MEMFD_LUO_FH_COMPATIBLE_V2
-    SIZE: ClassVar[int] = 48
-    _ST: ClassVar[struct.Struct] = struct.Struct("<QQIIQ16s")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        ("pos", 0, 8), ("size", 8, 8), ("seals", 16, 4), ("flags", 20, 4), ("nr_folios", 24, 8),
-        ("folios", 32, 16))
 
     @property
     def unknown_seals(self) -> int:
         return self.seals & ~MEMFD_LUO_ALL_SEALS
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("memfd_luo_ser.pos", self.pos), _u("memfd_luo_ser.size", self.size),
-                             _u("memfd_luo_ser.seals", self.seals, 32),
-                             _u("memfd_luo_ser.flags", self.flags, 32),
-                             _u("memfd_luo_ser.nr_folios", self.nr_folios), self.folios.encode())
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "memfd_luo_ser v2") -> Self:
-        pos, size, seals, flags, nr, _ = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                                       "memfd_luo_ser")
-        return cls(pos, size, seals, flags, nr, KhoVmalloc.decode(buf, offset + 32, what))
-
-
-assert struct.calcsize("<QIHH") == KhoVmalloc.SIZE
-assert struct.calcsize(f"<Q{KHO_VMALLOC_SIZE}Q") == KhoVmallocChunk.SIZE
-assert struct.calcsize("<QQ") == MemfdLuoFolioSer.SIZE
-assert struct.calcsize("<QQQ16s") == MemfdLuoSerV1.SIZE
-assert struct.calcsize("<QQIIQ16s") == MemfdLuoSerV2.SIZE
-
 
 def encode_folio_array(folios: Sequence[MemfdLuoFolioSer]) -> bytes:
     """The contiguous (vmalloc'ed) array of folio records, ``16 * len`` bytes."""
-    return b"".join(f.encode() for f in folios)
+    return MemfdLuoFolioSer.encode_array(folios)
 
 
 def decode_folio_array(buf: bytes, nr_folios: int,
                        what: str = "memfd folio array") -> list[MemfdLuoFolioSer]:
     """``nr_folios`` records from the start of ``buf`` (``truncated`` if it is too short)."""
-    if nr_folios * MemfdLuoFolioSer.SIZE > len(buf):
-        raise DecodeError(what, len(buf) - len(buf) % MemfdLuoFolioSer.SIZE,
-                          "memfd_luo_folio_ser", f"{nr_folios} folios need "
-                          f"{nr_folios * MemfdLuoFolioSer.SIZE} bytes, have {len(buf)}",
-                          kind="truncated")
-    return [MemfdLuoFolioSer.decode(buf, i * MemfdLuoFolioSer.SIZE, what)
-            for i in range(nr_folios)]
+    return MemfdLuoFolioSer.decode_array(buf, nr_folios, what)

@@ -21,13 +21,19 @@ string alone.
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from luosim.abi.block import FieldSpec, block_capacity, check_uint, unpack_fields
+from luosim.abi.block import block_capacity, check_uint
+from luosim.abi.cdecl import CStruct, codec, declare
 from luosim.abi.errors import DecodeError
+
+PCI_V6 = ("linux-mm/linux-mm@3bb8a42d include/linux/kho/abi/pci.h (the v6-series layout, "
+          "\"pci-v2\"; PCI v6 lore 20260522202410.3104264-1-dmatlack@google.com)")
+PCI_V7 = ("PCI series v7 include/linux/kho/abi/pci.h (lore "
+          "20260710212616.1351130-1-dmatlack@google.com)")
+PCI_V9 = "PCI v9-era include/linux/kho/abi/pci.h (lore 20260918200640.887030-1-dmatlack@google.com)"
 
 PCI_V6_COMPATIBLES = ("pci-v1", "pci-v2", "pci-v3")
 PCI_V6_COMPATIBLE = "pci-v3"  # after patch 6/12 (bridges auto-preserved)
@@ -91,145 +97,118 @@ def parse_bdf(text: str) -> tuple[int, int]:
 # ----------------------------------------------------------------- structs
 
 
-@dataclass(frozen=True)
-class PciDevSer:
-    """Models ``struct pci_dev_ser`` from include/linux/kho/abi/pci.h (all profiles).
+declare("""
+struct pci_dev_ser {
+    u32 domain;
+    u16 bdf;
+    u16 refcount;
+} __packed;
+struct pci_ser__v6 {
+    u32 max_nr_devices;
+    u32 nr_devices;
+    /* struct pci_dev_ser devices[max_nr_devices]; */
+} __packed;
+struct pci_ser__v7 {
+    u32 nr_devices;
+    u64 devices;
+} __packed;
+struct pci_ser {
+    u32 version;
+    u32 nr_devices;
+    u64 devices;
+} __packed;
+""")
 
-    Packed, 8 bytes: ``domain`` u32 @0 (PCI segment), ``bdf`` u16 @4
-    (``bus << 8 | devfn``), ``refcount`` u16 @6 (0 = free slot; pci-v3 /
-    v7 pci-v2: preserved devices at or below this one).
-    """
+
+@codec("pci_dev_ser", f"{PCI_V6}; {PCI_V7}; {PCI_V9}")
+@dataclass(frozen=True)
+class PciDevSer(CStruct):
+    """Device record (8 bytes, all profiles): PCI segment, ``bus << 8 | devfn``,
+    ``refcount`` (0 = free slot; pci-v3 / v7 pci-v2: preserved devices at or below)."""
 
     domain: int
     bdf: int
     refcount: int
 
-    SIZE: ClassVar[int] = 8
-    _ST: ClassVar[struct.Struct] = struct.Struct("<IHH")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("domain", 0, 4), ("bdf", 4, 2),
-                                                 ("refcount", 6, 2))
-
     @property
     def key(self) -> int:
         return key(self.domain, self.bdf)
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("pci_dev_ser.domain", self.domain, 32),
-                             _u("pci_dev_ser.bdf", self.bdf, 16),
-                             _u("pci_dev_ser.refcount", self.refcount, 16))
 
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_dev_ser") -> Self:
-        domain, bdf_, ref = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_dev_ser")
-        return cls(domain, bdf_, ref)
+@codec("pci_ser__v6", PCI_V6, what="pci_ser v6")
+@dataclass(frozen=True)
+class _PciSerV6Header(CStruct):
+    max_nr_devices: int
+    nr_devices: int
 
 
 @dataclass(frozen=True)
 class PciSerV6:
-    """Models the v6 ``struct pci_ser`` from include/linux/kho/abi/pci.h (pci-v1..v3).
+    """v6 ``struct pci_ser`` (pci-v1..v3): 8-byte header then ``devices[max_nr_devices]``.
 
-    Packed: 8-byte header ``max_nr_devices`` u32 @0, ``nr_devices`` u32 @4
-    (slots with refcount > 0), then ``devices[max_nr_devices]`` @8, 8 bytes
-    each.  ``SIZE`` is the header; the encoded size is ``8 + 8 * max``.
-    ``nr_devices`` is stored as given (it is not recomputed: a model may need
-    to write an inconsistent value).
+    ``SIZE`` is the header; the encoded size is ``8 + 8 * max``.  Slots with
+    refcount 0 are holes.  ``nr_devices`` is stored as given (a model may
+    need to write an inconsistent value).
     """
 
     max_nr_devices: int
     nr_devices: int
     devices: tuple[PciDevSer, ...]
 
-    SIZE: ClassVar[int] = 8
-    HEADER_SIZE: ClassVar[int] = 8
-    _ST: ClassVar[struct.Struct] = struct.Struct("<II")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("max_nr_devices", 0, 4), ("nr_devices", 4, 4))
+    SIZE: ClassVar[int] = _PciSerV6Header.SIZE
+    HEADER_SIZE: ClassVar[int] = _PciSerV6Header.SIZE
+    SOURCE: ClassVar[str] = PCI_V6
 
     @property
     def encoded_size(self) -> int:
         return self.HEADER_SIZE + PciDevSer.SIZE * self.max_nr_devices
 
     def encode(self) -> bytes:
-        _u("pci_ser.max_nr_devices", self.max_nr_devices, 32)
+        head = _PciSerV6Header(self.max_nr_devices, self.nr_devices).encode()
         if len(self.devices) != self.max_nr_devices:
             raise ValueError(f"pci_ser.devices: {len(self.devices)} slots, "
                              f"max_nr_devices is {self.max_nr_devices}")
-        return (self._ST.pack(self.max_nr_devices, _u("pci_ser.nr_devices", self.nr_devices, 32))
-                + b"".join(d.encode() for d in self.devices))
+        return head + PciDevSer.encode_array(self.devices)
 
     @classmethod
     def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v6") -> Self:
-        mx, nr = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_ser")
+        hdr = _PciSerV6Header.decode(buf, offset, what)
+        mx = hdr.max_nr_devices
         start = offset + cls.HEADER_SIZE
         if start + mx * PciDevSer.SIZE > len(buf):
             raise DecodeError(what, start, "pci_ser.devices",
                               f"max_nr_devices {mx} needs {mx * PciDevSer.SIZE} bytes, blob has "
                               f"{max(0, len(buf) - start)}", kind="truncated")
-        devs = tuple(PciDevSer.decode(buf, start + i * PciDevSer.SIZE, what) for i in range(mx))
-        return cls(mx, nr, devs)
+        devs = PciDevSer.decode_array(bytes(buf[start:start + mx * PciDevSer.SIZE]), mx, what)
+        return cls(mx, hdr.nr_devices, tuple(devs))
 
     def used(self) -> list[PciDevSer]:
         """Slots with refcount > 0, in slot order (readers must skip holes)."""
         return [d for d in self.devices if d.refcount]
 
 
+@codec("pci_ser__v7", PCI_V7, what="pci_ser v7")
 @dataclass(frozen=True)
-class PciSerV7:
-    """Models the v7 ``struct pci_ser`` from include/linux/kho/abi/pci.h (pci-v1/pci-v2).
-
-    Packed, 12 bytes: ``nr_devices`` u32 @0, ``devices`` u64 @4 (phys of the
-    first KHO block header of ``pci_dev_ser`` entries, 0 if never used).
-    """
+class PciSerV7(CStruct):
+    """v7 ``struct pci_ser`` (pci-v1/pci-v2, 12 bytes): ``nr_devices``, ``devices`` @4
+    (first KHO block header of ``pci_dev_ser`` entries, 0 if never used)."""
 
     nr_devices: int
     devices: int
 
-    SIZE: ClassVar[int] = 12
-    _ST: ClassVar[struct.Struct] = struct.Struct("<IQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("nr_devices", 0, 4), ("devices", 4, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("pci_ser.nr_devices", self.nr_devices, 32),
-                             _u("pci_ser.devices", self.devices, 64))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v7") -> Self:
-        nr, devs = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_ser")
-        return cls(nr, devs)
-
-
+@codec("pci_ser", PCI_V9, what="pci_ser v9")
 @dataclass(frozen=True)
-class PciSerV9:
-    """Models the v9-era ``struct pci_ser`` from include/linux/kho/abi/pci.h (``pci``).
-
-    Packed, 16 bytes: ``version`` u32 @0 (= 1; never moves), ``nr_devices``
-    u32 @4, ``devices`` u64 @8 (block-chain head).  The version is decoded,
-    not checked: a mismatch is a panic decided by the caller.
-    """
+class PciSerV9(CStruct):
+    """v9-era ``struct pci_ser`` (``pci``, 16 bytes): ``version`` (= 1; never moves),
+    ``nr_devices``, ``devices`` (block-chain head).  The version is decoded, not
+    checked: a mismatch is a panic decided by the caller."""
 
     version: int
     nr_devices: int
     devices: int
 
-    SIZE: ClassVar[int] = 16
-    _ST: ClassVar[struct.Struct] = struct.Struct("<IIQ")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("version", 0, 4), ("nr_devices", 4, 4),
-                                                 ("devices", 8, 8))
 
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("pci_ser.version", self.version, 32),
-                             _u("pci_ser.nr_devices", self.nr_devices, 32),
-                             _u("pci_ser.devices", self.devices, 64))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v9") -> Self:
-        ver, nr, devs = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS, "pci_ser")
-        return cls(ver, nr, devs)
-
-
-assert struct.calcsize("<IHH") == PciDevSer.SIZE
-assert struct.calcsize("<II") == PciSerV6.SIZE
-assert struct.calcsize("<IQ") == PciSerV7.SIZE
-assert struct.calcsize("<IIQ") == PciSerV9.SIZE
 assert block_capacity(PciDevSer.SIZE) == PCI_DEVS_PER_BLOCK
 
 

@@ -1,123 +1,99 @@
-"""vfio-pci file-handler ABI (spec pci.md §6.1).
+"""vfio-pci file-handler ABI (spec pci.md §6.1 and its "Corrections").
 
-Models ``struct vfio_pci_core_device_ser`` from include/linux/kho/abi/vfio_pci.h
-as posted in the vfio/pci live-update series v5 (compatible ``vfio-pci-v1``),
-and the variant of the IOMMU series that appends ``struct vfio_iommufd_ser
-{u32 token}``.  One KHO-preserved allocation per preserved cdev file; its
-physical address is the LUO file record's ``data``.
+One KHO-preserved allocation per preserved cdev file holds ``struct
+vfio_pci_core_device_ser`` (include/linux/kho/abi/vfio_pci.h); its physical
+address is the LUO file record's ``data``.  Three layouts are modelled, each
+from one source:
 
-History (not modelled as codecs): v1/v2 ``{u16 bdf; u16 domain}``; v3
-``{u32 domain; u16 bdf; u8 reset_works}`` under ``vfio-pci-v2``.
+* ``vfio-pci-v1``, 6 bytes ``{u32 domain; u16 bdf}``: the VFIO series v5
+  (lore <20260714151505.3466855-1-vipinsh@google.com>; no repository found).
+  The PCI v6/v7/v9 profiles use it.
+* ``vfio-pci-v1`` + token, 9 bytes ``{u16 bdf; u16 domain; u8 reset_works;
+  struct vfio_iommufd_ser}``: samikhawaja/linux d835969e vfio_pci.h with the
+  IOMMU v1 patch that appends ``vfio_iommufd_ser`` (lore
+  <20260203220948.2176157-1-skhawaja@google.com>).
+* ``vfio-pci-v2``, 11 bytes ``{u32 domain; u16 bdf; u8 reset_works; struct
+  vfio_iommufd_ser}``: jackYoung0915/anolis-cloud-kernel 5a52741a — the one
+  tree with a token in the record (token at 7).
+
+The 10-byte ``vfio-pci-v1`` record with a token at 6 that luosim modelled
+before exists in no tree and is gone.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import ClassVar, Self
 
-from luosim.abi.block import FieldSpec, check_uint, unpack_fields
+from luosim.abi.cdecl import CStruct, codec, declare
 
+VFIO_V5 = "VFIO series v5 (lore 20260714151505.3466855-1-vipinsh@google.com) vfio_pci.h"
+VFIO_SAMI = ("samikhawaja/linux@d835969e include/linux/kho/abi/vfio_pci.h + IOMMU v1 "
+             "vfio_iommufd_ser (lore 20260203220948.2176157-1-skhawaja@google.com)")
+VFIO_ANOLIS = "jackYoung0915/anolis-cloud-kernel@5a52741a include/linux/kho/abi/vfio_pci.h"
+
+#: The compatible of the v5 layout (and of the samikhawaja d835969e layout).
 VFIO_PCI_LUO_FH_COMPATIBLE = "vfio-pci-v1"
+VFIO_PCI_LUO_FH_COMPATIBLE_V2 = "vfio-pci-v2"
+
+declare("""
+struct vfio_iommufd_ser {
+    u32 token;
+} __packed;
+struct vfio_pci_core_device_ser {
+    u32 domain;
+    u16 bdf;
+} __packed;
+struct vfio_pci_core_device_ser__iommu_v1 {
+    u16 bdf;
+    u16 domain;
+    u8 reset_works;
+    struct vfio_iommufd_ser iommufd_ser;
+} __packed;
+struct vfio_pci_core_device_ser__v2 {
+    u32 domain;
+    u16 bdf;
+    u8 reset_works;
+    struct vfio_iommufd_ser iommufd_ser;
+} __packed;
+""")
 
 
-def _u(field: str, value: int, bits: int) -> int:
-    check_uint(field, value, bits)
-    return value
-
-
+@codec("vfio_pci_core_device_ser", VFIO_V5)
 @dataclass(frozen=True)
-class VfioPciCoreDeviceSer:
-    """Models ``struct vfio_pci_core_device_ser`` (vfio v5, include/linux/kho/abi/vfio_pci.h).
-
-    Packed, 6 bytes: ``domain`` u32 @0 (PCI segment), ``bdf`` u16 @4.
-    """
+class VfioPciCoreDeviceSer(CStruct):
+    """``vfio-pci-v1`` (VFIO v5): PCI segment, ``bus << 8 | devfn``."""
 
     domain: int
     bdf: int
 
-    COMPATIBLE: ClassVar[str] = VFIO_PCI_LUO_FH_COMPATIBLE
-    SIZE: ClassVar[int] = 6
-    _ST: ClassVar[struct.Struct] = struct.Struct("<IH")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("domain", 0, 4), ("bdf", 4, 2))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("vfio_pci_core_device_ser.domain", self.domain, 32),
-                             _u("vfio_pci_core_device_ser.bdf", self.bdf, 16))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "vfio_pci_core_device_ser") -> Self:
-        domain, bdf = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                    "vfio_pci_core_device_ser")
-        return cls(domain, bdf)
+    COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE
 
 
+@codec("vfio_pci_core_device_ser__v2", VFIO_ANOLIS)
 @dataclass(frozen=True)
-class VfioPciCoreDeviceSerIommu:
-    """v5 ``struct vfio_pci_core_device_ser`` with ``struct vfio_iommufd_ser`` appended.
-
-    Packed, 10 bytes: ``domain`` u32 @0, ``bdf`` u16 @4, ``iommufd_ser.token``
-    u32 @6 (the iommufd's LUO token).  Model assumption: the IOMMU v1 patch
-    appended ``vfio_iommufd_ser`` to the older vfio layout (see
-    :class:`VfioPciCoreDeviceSerIommuV1`); its placement on top of the v5
-    layout is UNCONFIRMED (spec pci.md §6.1).
-    """
+class VfioPciCoreDeviceSerV2(CStruct):
+    """``vfio-pci-v2``: segment, bdf, reset_works, iommufd token at 7 (11 bytes)."""
 
     domain: int
     bdf: int
-    token: int
-
-    COMPATIBLE: ClassVar[str] = VFIO_PCI_LUO_FH_COMPATIBLE
-    SIZE: ClassVar[int] = 10
-    _ST: ClassVar[struct.Struct] = struct.Struct("<IHI")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("domain", 0, 4), ("bdf", 4, 2),
-                                                 ("iommufd_ser.token", 6, 4))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("vfio_pci_core_device_ser.domain", self.domain, 32),
-                             _u("vfio_pci_core_device_ser.bdf", self.bdf, 16),
-                             _u("vfio_pci_core_device_ser.iommufd_ser.token", self.token, 32))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "vfio_pci_core_device_ser") -> Self:
-        domain, bdf, token = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                           "vfio_pci_core_device_ser")
-        return cls(domain, bdf, token)
-
-
-@dataclass(frozen=True)
-class VfioPciCoreDeviceSerIommuV1:
-    """``struct vfio_pci_core_device_ser`` as extended by the IOMMU v1 series (Feb 2026).
-
-    Packed, 9 bytes, on the vfio v3 layout (include/linux/kho/abi/vfio_pci.h
-    at that time): ``bdf`` u16 @0, ``domain`` u16 @2, ``reset_works`` u8 @4,
-    ``iommufd_ser.token`` u32 @5.
-    """
-
-    bdf: int
-    domain: int
     reset_works: int
     token: int
 
-    COMPATIBLE: ClassVar[str] = VFIO_PCI_LUO_FH_COMPATIBLE
-    SIZE: ClassVar[int] = 9
-    _ST: ClassVar[struct.Struct] = struct.Struct("<HHBI")
-    _FIELDS: ClassVar[tuple[FieldSpec, ...]] = (("bdf", 0, 2), ("domain", 2, 2),
-                                                 ("reset_works", 4, 1), ("iommufd_ser.token", 5, 4))
-
-    def encode(self) -> bytes:
-        return self._ST.pack(_u("vfio_pci_core_device_ser.bdf", self.bdf, 16),
-                             _u("vfio_pci_core_device_ser.domain", self.domain, 16),
-                             _u("vfio_pci_core_device_ser.reset_works", self.reset_works, 8),
-                             _u("vfio_pci_core_device_ser.iommufd_ser.token", self.token, 32))
-
-    @classmethod
-    def decode(cls, buf: bytes, offset: int = 0, what: str = "vfio_pci_core_device_ser") -> Self:
-        bdf, domain, rw, token = unpack_fields(what, cls._ST, buf, offset, cls._FIELDS,
-                                               "vfio_pci_core_device_ser")
-        return cls(bdf, domain, rw, token)
+    COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE_V2
 
 
-assert struct.calcsize("<IH") == VfioPciCoreDeviceSer.SIZE
-assert struct.calcsize("<IHI") == VfioPciCoreDeviceSerIommu.SIZE
-assert struct.calcsize("<HHBI") == VfioPciCoreDeviceSerIommuV1.SIZE
+@codec("vfio_pci_core_device_ser__iommu_v1", VFIO_SAMI)
+@dataclass(frozen=True)
+class VfioPciCoreDeviceSerIommuV1(VfioPciCoreDeviceSerV2):
+    """``vfio-pci-v1`` as extended by the IOMMU v1 series: bdf @0, domain u16 @2,
+    reset_works @4, token (the iommufd's LUO token) @5; 9 bytes."""
+
+    COMPATIBLE = VFIO_PCI_LUO_FH_COMPATIBLE
+
+
+#: Layout a vfio-pci kernel writes and reads, by ABI name (a profile picks one).
+VFIO_LAYOUTS: dict[str, type[VfioPciCoreDeviceSer] | type[VfioPciCoreDeviceSerV2]] = {
+    "vfio-pci-v1": VfioPciCoreDeviceSer,
+    "vfio-pci-v1-iommu": VfioPciCoreDeviceSerIommuV1,
+    "vfio-pci-v2": VfioPciCoreDeviceSerV2,
+}

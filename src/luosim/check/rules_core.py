@@ -19,12 +19,14 @@ def preserved_bytes_intact(ctx: CheckContext) -> str | None:
 # owners whose preserved memory stays claimed by design: the incoming KHO root
 # FDT (kept for debugfs kho/in) always; the rest only while a session that
 # holds such an object is deliberately left unfinished (IOMMU phase 1)
-ALWAYS_PENDING = ("kho",)
+ALWAYS_PENDING = ("kho", "mm.memblock")  # + the memblock FDT, left reserved by design
 PENDING_BY_KIND = {
     "iommufd": ("iommu", "liveupdate"),
     "vfio": ("vfio", "pci", "liveupdate"),
-    # a retrieved memfd claimed its folios at retrieve: only LUO's records wait
-    "memfd": ("liveupdate",),
+    # a retrieved memfd claimed its folios at retrieve: only LUO's records wait,
+    # and for a hugetlb memfd the hugetlb-v1 FLB record (freed when the FLB is
+    # retrieved, i.e. at the last FINISH of its files)
+    "memfd": ("liveupdate", "mm.hugetlb"),
 }
 
 

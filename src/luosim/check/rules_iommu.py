@@ -82,6 +82,20 @@ def snapshot_iommu_at_jump(ctx: CheckContext) -> None:
     entries = _present_entries(ctx, iommu)
     ctx.extra["iommu_at_jump"] = {"entries": entries, "enabled": enabled,
                                   "time": ctx.machine.clock.now_ns}
+    ctx.extra["iommu_jump_checked"] = False  # once per jump (consecutive updates)
+
+
+def _taken_over(k: Any, preserved: dict[tuple[int, int], str]) -> set[str]:
+    """Preserved devices that a retrieved iommufd has taken over (phase 2): no
+    longer held by the preserved owner, now owned by an iommufd."""
+    from luosim.kernel.iommu.iommufd import IommufdFile
+    out: set[str] = set()
+    for (seg, rid), name in preserved.items():
+        dev = k.iommu.devices.get((seg, rid)) if getattr(k, "_devices", False) else None
+        if dev is not None and dev.restored_from is None \
+                and isinstance(dev.group.owner, IommufdFile) and dev.group.owner.retrieved:
+            out.add(name)
+    return out
 
 
 @invariant("IOMMU-7", "at hand-over only preserved RequesterIDs have context entries; after "
@@ -112,10 +126,13 @@ def iommu_handover(ctx: CheckContext) -> str | None:
         if off:
             return f"unit {unit.reg_base:#x} turned translation off at {off[0]} ns after kexec"
     now = _present_entries(ctx, iommu)
-    preserved_dids = {(seg, entries[(seg, rid)][1]) for seg, rid in preserved
-                      if (seg, rid) in entries}
+    # devices whose retrieved iommufd took them over (IOMMU phase 2) may be moved
+    # to a new HWPT by their owner; their preserved DID may then be reused
+    rebound = _taken_over(k, preserved)
+    preserved_dids = {(seg, entries[(seg, rid)][1]) for (seg, rid), name in preserved.items()
+                      if (seg, rid) in entries and name not in rebound}
     for key, name in sorted(preserved.items()):
-        if key in entries and now.get(key) != entries[key]:
+        if key in entries and name not in rebound and now.get(key) != entries[key]:
             return (f"{name}: context entry {entries[key]} (page-table root, DID) became "
                     f"{now.get(key)} after kexec")
     for (seg, rid), (_pt, did) in sorted(now.items()):

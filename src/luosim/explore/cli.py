@@ -341,6 +341,8 @@ def explore_cmd(
         help="Directory for the traces of unsafe groups.")] = DEFAULT_TRACE_DIR,
     fail_on_unsafe: Annotated[bool, typer.Option(
         "--fail-on-unsafe", help="Exit 1 when an unsafe group was found.")] = False,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="rich | json | ktap (KTAP v1: one test per group).")] = "rich",
     fork: Annotated[bool, typer.Option(
         "--fork/--no-fork", help="Run each common prefix once and fork at the injection "
         "points (POSIX); --no-fork runs every plan from scratch.")] = True,
@@ -349,6 +351,9 @@ def explore_cmd(
     from luosim.explore.campaign import Comparison, ExploreError, compare, explore
     from luosim.explore.executors import LocalExecutor, RunCrash
     try:
+        if fmt not in ("rich", "json", "ktap"):
+            raise BadInput(f"--format must be rich, json or ktap, got {fmt!r}")
+        as_json = as_json or fmt == "json"
         backend = get_backend()
         n_depth = parse_depth(depth)
         if effects not in EFFECT_FILTERS:
@@ -369,7 +374,7 @@ def explore_cmd(
     try:
         if isinstance(ex, LocalExecutor):
             ex.start()  # fork the workers before the progress bar starts its thread
-        with _progress_bar(not as_json) as progress:
+        with _progress_bar(not as_json and fmt != "ktap") as progress:
             if pols is not None:
                 result: Exploration | Comparison = compare(
                     scenario, pols[0], pols[1], n_depth, effects, ex, backend.runner,
@@ -398,8 +403,16 @@ def explore_cmd(
             unsafe = bool(result.unsafe_groups)
     except OSError as exc:
         _fail(f"--traces {traces}: {exc.strerror or exc}")
-    if as_json:
-        typer.echo(json.dumps(result.as_json(), indent=2))
+    if as_json or fmt == "ktap":
+        data = result.as_json()
+        for g in data.get("groups", []):  # where the unsafe groups' traces went
+            if g["signature"] in paths_a:
+                g["trace_file"] = str(paths_a[g["signature"]])
+        if fmt == "ktap":
+            from luosim.report.ktap import explore_ktap
+            typer.echo(explore_ktap(data), nl=False)
+        else:
+            typer.echo(json.dumps(data, indent=2))
     elif isinstance(result, Comparison):
         _show_comparison(result, paths_a, paths_b)
     else:
@@ -412,6 +425,9 @@ def replay_cmd(
     trace: Annotated[str | None, typer.Argument(
         help="A trace file written by luosim explore.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    perfetto: Annotated[Path | None, typer.Option(
+        "--trace", help="Also write the replayed run as a Perfetto trace (protobuf).",
+        show_default=False)] = None,
 ) -> None:
     """Re-run a counterexample trace; exit 0 if it reproduces, 1 if not."""
     from luosim.explore.trace import TraceError, load_trace, replay
@@ -430,6 +446,12 @@ def replay_cmd(
         _fail(f"{trace}: scenario: {exc}")
     except Exception as exc:
         _fail(f"model crash replaying {trace}: {type(exc).__name__}: {exc}", 3)
+    if perfetto is not None:
+        from luosim.report.trace import write_trace
+        try:
+            write_trace(result, perfetto, f"replay {Path(trace).name}")
+        except OSError as exc:
+            _fail(f"--trace {perfetto}: {exc.strerror or exc}", 4)
     if as_json:
         typer.echo(json.dumps({
             "trace": trace, "faults": loaded.labels, "same": same, "diff": diff,

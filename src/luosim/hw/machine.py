@@ -122,13 +122,17 @@ class Machine:
 
     # -- kernels --------------------------------------------------------------
     def boot(self, profile: str = "v6", cmdline: str = "",
-             policy: Mapping[str, str] | None = None) -> Kernel:
-        """Cold boot (firmware path): no hand-over, memory as it is."""
+             policy: Mapping[str, str] | None = None,
+             config: Mapping[str, object] | None = None) -> Kernel:
+        """Cold boot (firmware path): no hand-over, memory as it is.
+
+        ``config``: kernel config switches (``luosim.kernel.config``).
+        """
         from luosim.kernel.kernel import Kernel
         if self.current is not None and self.current.alive:
             raise RuntimeError("a kernel is already running on this machine; use kexec")
         self.kho_data = None
-        return Kernel.start(self, profile, cmdline, policy)
+        return Kernel.start(self, profile, cmdline, policy, config)
 
     def kexec_jump(self, kho_data: bytes | None) -> None:
         """The point of no return of ``machine_kexec()``.

@@ -1,5 +1,6 @@
 """Decode hand-over blobs: KHO root FDT, LUO FDT or struct, PCI FLB data,
-memfd records, ``kho_data``.  A corrupt blob is classified, never a crash.
+memfd records, ``kho_data``, IOMMU FLB records (each iommu.h version) and
+vfio-pci device records.  A corrupt blob is classified, never a crash.
 
 Real kernels expose these under /sys/kernel/debug/kho/{in,out}/ (the root
 ``fdt`` and ``sub_fdts/*``); luosim writes the same bytes.
@@ -14,15 +15,34 @@ from typing import Any
 from rich.console import Console
 from rich.tree import Tree
 
+from luosim.abi import iommu as iommu_abi
+from luosim.abi import kexec_metadata as kexec_metadata_abi
 from luosim.abi import kho as kho_abi
 from luosim.abi import luo as luo_abi
+from luosim.abi import memblock as memblock_abi
 from luosim.abi import memfd as memfd_abi
 from luosim.abi import pci as pci_abi
+from luosim.abi import vfio as vfio_abi
 from luosim.abi.errors import DecodeError
 
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
+#: Fixed-size records decoded by their codec (``--as KIND``); the codec names its header.
+RECORDS: dict[str, Any] = {
+    "iommu-flb": iommu_abi.IommuFlbSer,                  # 07a49313 / 22fa8f30, 32 B
+    "iommu-flb-v1": iommu_abi.IommuFlbSerV1,             # ef754267, 24 B
+    "iommu-domain": iommu_abi.IommuDomainSer,            # ef754267 / 07a49313, 37 B
+    "iommu-domain-pran": iommu_abi.IommuDomainSerPran,   # 22fa8f30, 40 B
+    "iommu-device": iommu_abi.IommuDeviceSer,            # ef754267, 56 B
+    "iommu-device-pran": iommu_abi.IommuDeviceSerPran,   # 22fa8f30, 72 B
+    "iommu-device-generic": iommu_abi.IommuDeviceSerGeneric,  # 07a49313, 40 B
+    "iommu-hw": iommu_abi.IommuHwSer,                    # ef754267 / 22fa8f30, 112 B
+    "iommu-hw-generic": iommu_abi.IommuHwSerGeneric,     # 07a49313, 24 B
+    "vfio-pci-v1": vfio_abi.VfioPciCoreDeviceSer,        # VFIO v5, 6 B
+    "vfio-pci-v1-iommu": vfio_abi.VfioPciCoreDeviceSerIommuV1,  # d835969e + token, 9 B
+    "vfio-pci-v2": vfio_abi.VfioPciCoreDeviceSerV2,      # anolis 5a52741a, 11 B
+}
 KINDS = ("auto", "kho-fdt", "luo-fdt", "luo-ser", "pci-v6", "pci-v7", "pci-v9", "memfd",
-         "kho-data")
+         "kho-data", "kexec-metadata", "memblock", *RECORDS)
 
 
 class InspectError(Exception):
@@ -37,8 +57,11 @@ def _fields(obj: Any) -> dict[str, Any]:
         v = getattr(obj, f.name)
         if isinstance(v, int) and not isinstance(v, bool):
             pointer = f.name.endswith(("_pa", "_phys")) or f.name in (
-                "files", "devices", "first", "next", "data")
+                "files", "devices", "first", "next", "data", "reg_phys", "root_table",
+                "pasid_table", "restored_domain")
             out[f.name] = hex(v) if pointer else v
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out[f.name] = _fields(v)
         elif isinstance(v, bytes):
             out[f.name] = v.hex()
         elif isinstance(v, (list, tuple)):
@@ -59,9 +82,24 @@ def _fdt_compatible(data: bytes) -> str:
 
 def _kho_fdt(data: bytes) -> dict[str, Any]:
     root = kho_abi.decode_root_fdt(data)
-    return {"kind": "kho-fdt", "compatible": root.compatible,
-            "preserved-memory-map": hex(root.mem_map_pa),
-            "subtrees": {k: hex(v) for k, v in root.subtrees.items()}}
+    out: dict[str, Any] = {"kind": "kho-fdt", "compatible": root.compatible,
+                           "preserved-memory-map": hex(root.mem_map_pa),
+                           "subtrees": {k: hex(v) for k, v in root.subtrees.items()}}
+    if root.compatible in kho_abi.KHO_BLOB_SIZE_VERSIONS:  # kho-v3+: -1 = missing
+        out["blob-size"] = dict(root.sizes)
+    return out
+
+
+def _kexec_metadata(data: bytes) -> dict[str, Any]:
+    meta = kexec_metadata_abi.read_incoming(data, len(data))
+    return {"kind": "kexec-metadata", **_fields(meta)}
+
+
+def _memblock(data: bytes) -> dict[str, Any]:
+    regions = memblock_abi.decode_memblock_fdt(data)
+    return {"kind": "memblock", "compatible": memblock_abi.MEMBLOCK_KHO_NODE_COMPATIBLE,
+            "reserve_mem": {n: {"start": hex(r.start), "size": r.size}
+                            for n, r in regions.items()}}
 
 
 def _luo_fdt(data: bytes) -> dict[str, Any]:
@@ -98,9 +136,28 @@ def _kho_data(data: bytes) -> dict[str, Any]:
     return {"kind": "kho-data", **_fields(kho_abi.KhoData.decode(data))}
 
 
+def _record(kind: str) -> Callable[[bytes], dict[str, Any]]:
+    cls = RECORDS[kind]
+
+    def decode(data: bytes) -> dict[str, Any]:
+        ser = cls.decode(data, 0, kind)
+        rep: dict[str, Any] = {"kind": kind, "struct": cls.C_NAME, "size": cls.SIZE,
+                               "source": cls.SOURCE}
+        compat = getattr(cls, "COMPATIBLE", None)
+        if compat:
+            rep["compatible"] = compat
+        rep.update(_fields(ser))
+        if len(data) > cls.SIZE:
+            rep["trailing_bytes"] = len(data) - cls.SIZE
+        return rep
+    return decode
+
+
 DECODERS: dict[str, Callable[[bytes], dict[str, Any]]] = {
     "kho-fdt": _kho_fdt, "luo-fdt": _luo_fdt, "luo-ser": _luo_ser, "pci-v6": _pci("pci-v6"),
     "pci-v7": _pci("pci-v7"), "pci-v9": _pci("pci-v9"), "memfd": _memfd, "kho-data": _kho_data,
+    **{k: _record(k) for k in RECORDS},
+    "kexec-metadata": _kexec_metadata, "memblock": _memblock,
 }
 
 
@@ -112,11 +169,15 @@ def detect(data: bytes) -> str:
             return "kho-fdt"
         if compat.startswith("luo-"):
             return "luo-fdt"
+        if compat.startswith("memblock-"):
+            return "memblock"
         raise InspectError("unknown-fdt", f"FDT with unknown root compatible {compat!r}")
     if data[:3] == b"luo":
         return "luo-ser"
     if len(data) == kho_abi.KhoData.SIZE:
         return "kho-data"
+    if len(data) == kexec_metadata_abi.SIZE:  # the kexec-metadata blob (debugfs sub_fdts)
+        return "kexec-metadata"
     raise InspectError("unknown", "not an FDT, LUO struct or kho_data: pass --as KIND "
                                   f"({', '.join(KINDS[1:])})")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from luosim.errors import DeadKernelError, KernelPanic
 from luosim.kernel.kho import Kho
+from luosim.kernel.mm.memblock import ReserveMemRegions
 from luosim.kernel.mm.page_alloc import PageAllocator
 from luosim.kernel.profiles import Profile, get_profile
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from luosim.kernel.iommu.core import IommuSubsystem
     from luosim.kernel.liveupdate.core import LuoCore
     from luosim.kernel.liveupdate.uapi import LiveupdateDevice
+    from luosim.kernel.mm.hugetlb import HugetlbSubsystem
     from luosim.kernel.mm.memfd import MemfdFile, MemfdSubsystem
     from luosim.kernel.pci.probe import PciSubsystem
     from luosim.kernel.vfio.pci import VfioPci
@@ -76,14 +78,18 @@ class Kernel:
     machine: Machine
     liveupdate: LuoCore
     memfd: MemfdSubsystem
+    hugetlb: HugetlbSubsystem
     pci: PciSubsystem
     iommu: IommuSubsystem
     vfio: VfioPci
     iommufd_mod: Any
 
-    def __init__(self, machine: Machine, profile: Profile, cmdline: str) -> None:
+    def __init__(self, machine: Machine, profile: Profile, cmdline: str,
+                 config: Mapping[str, object] | None = None) -> None:
+        from luosim.kernel.config import resolve_config
         self.machine = machine
         self.profile = profile
+        self.config = resolve_config(profile.config, config)
         self.cmdline = Cmdline(cmdline)
         machine.boot_count += 1
         self.generation = machine.boot_count
@@ -101,11 +107,15 @@ class Kernel:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def start(cls, machine: Machine, profile: str | Profile, cmdline: str = "",
-              policy: Mapping[str, str] | None = None) -> Kernel:
-        """Boot a kernel on ``machine`` from its current hand-over state."""
+              policy: Mapping[str, str] | None = None,
+              config: Mapping[str, object] | None = None) -> Kernel:
+        """Boot a kernel on ``machine`` from its current hand-over state.
+
+        ``config``: kernel config switches (``luosim.kernel.config``).
+        """
         prof = profile.with_policy(policy) if isinstance(profile, Profile) \
             else get_profile(profile, policy)
-        k = cls(machine, prof, cmdline)
+        k = cls(machine, prof, cmdline, config)
         machine.current = k
         k.printk("info", "boot", f"Linux ({prof.name}) booting, cmdline: {cmdline!r}")
         k._boot(machine.kho_data)
@@ -113,16 +123,23 @@ class Kernel:
 
     def _boot(self, kho_data: bytes | None) -> None:
         from luosim.kernel.liveupdate.core import LuoCore
+        from luosim.kernel.mm.hugetlb import HugetlbSubsystem
         from luosim.kernel.mm.memfd import MemfdSubsystem
 
         # early
         self.kho.early_init(kho_data)
         self.liveupdate = LuoCore(self)
         self.liveupdate.early_init()
+        self.hugetlb = HugetlbSubsystem(self)  # pools after KHO memory init (series patch 2)
+        self.hugetlb.init()
         self._boot_devices()
+        self.kho.init()  # fs_initcall kho_init(): kexec-metadata
+        self.reserve_mem = ReserveMemRegions(self)
+        self.reserve_mem.init()  # reserve_mem= regions, revived from KHO (memblock-v1)
         # late
         self.memfd = MemfdSubsystem(self)
         self.memfd.late_init()
+        self.hugetlb.late_init()
         self.liveupdate.late_init()
         self.booted = True
         self.machine.stage("booted")
@@ -144,7 +161,8 @@ class Kernel:
         # subsys: PCI enumeration with the live-update hooks
         self.pci = PciSubsystem(self)
         self.pci_lu = PciLiveupdate(self)
-        self.pci.hooks = self.pci_lu
+        if self.profile.layer("pci") is not None:  # a build without the PCI series has no hooks
+            self.pci.hooks = self.pci_lu
         self.pci.enumerate()
         self.machine.stage("pci-enumerated")
         # IOMMU driver init and device probe (adopts preserved tables first)
@@ -153,12 +171,15 @@ class Kernel:
         self.machine.stage("iommu-ready")
         # device: vfio-pci and iommufd register their file handlers and FLBs
         self.iommufd_mod = Iommufd(self)
-        self.iommufd_mod.init()
+        if self.profile.layer("iommufd") is not None:
+            self.iommufd_mod.init()
         self.vfio = VfioPci(self)
-        self.vfio.init()
+        if self.profile.layer("vfio") is not None:
+            self.vfio.init()
 
     def kexec(self, profile: str = "v6", cmdline: str = "",
-              policy: Mapping[str, str] | None = None) -> Kernel:
+              policy: Mapping[str, str] | None = None,
+              config: Mapping[str, object] | None = None) -> Kernel:
         """``reboot(LINUX_REBOOT_CMD_KEXEC)``: freeze, shut down, jump, boot.
 
         A live-update freeze error makes the syscall fail (``KernelError``)
@@ -166,7 +187,9 @@ class Kernel:
         the new one is returned.
         """
         self._check_alive()
+        from luosim.kernel.config import resolve_config
         next_profile = get_profile(profile, policy)  # validate before anything irreversible
+        resolve_config(next_profile.config, config)
         self.printk("info", "kexec", f"reboot(KEXEC) to {next_profile.name}")
         self.liveupdate.reboot()  # liveupdate_reboot(): may fail, rolled back
         # kernel_restart_prepare(): device_shutdown()
@@ -178,7 +201,7 @@ class Kernel:
         self.alive = False
         self.printk("info", "kexec", "Starting new kernel")
         self.machine.kexec_jump(kho_data)
-        return Kernel.start(self.machine, next_profile, cmdline)
+        return Kernel.start(self.machine, next_profile, cmdline, config=config)
 
     # ------------------------------------------------------------------ uAPI-ish
     def open_liveupdate(self) -> LiveupdateDevice:
@@ -187,10 +210,10 @@ class Kernel:
         return self.liveupdate.open_device()
 
     def memfd_create(self, name: str, size: int = 0, *, folio_order: int = 0,
-                     seals: int = 0) -> MemfdFile:
-        """``memfd_create()`` + ``ftruncate(size)`` (shmem, not hugetlb)."""
+                     seals: int = 0, flags: int = 0) -> MemfdFile:
+        """``memfd_create(name, flags)`` + ``ftruncate(size)``; ``MFD_HUGETLB`` → hugetlbfs."""
         self._check_alive()
-        return self.memfd.create(name, size, folio_order=folio_order, seals=seals)
+        return self.memfd.create(name, size, folio_order=folio_order, seals=seals, flags=flags)
 
     # ------------------------------------------------------------------ printk & co
     def printk(self, level: str, subsystem: str, message: str, **data: Any) -> None:
@@ -222,6 +245,10 @@ class Kernel:
 
     def policy(self, name: str) -> str:
         return self.profile.policy(name)
+
+    def configured(self, option: str) -> bool:
+        """``IS_ENABLED(option)`` of this kernel's build (``luosim.kernel.config``)."""
+        return self.config[option]
 
     def _check_alive(self) -> None:
         if not self.alive:

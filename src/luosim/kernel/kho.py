@@ -2,15 +2,21 @@
 
 Outgoing side: preserved memory is tracked per (pfn, order) as the radix
 tree does; at kexec the tree is written into freshly allocated pages in the
-kernel's exact format (``kho-v2``), the root FDT is placed in a preserved
-page, and ``kho_data`` (the x86 setup_data) is handed to the machine.
+kernel's exact format, the root FDT of the profile's version (``kho-v2``, or
+``kho-v3``/``kho-v4`` with a ``blob-size`` per subnode) is placed in a
+preserved page, and ``kho_data`` (the x86 setup_data) is handed to the machine.
 
 Incoming side: ``early_init`` reads ``kho_data`` from the boot parameters,
 validates the root FDT (a mismatch means "not a KHO boot", as
 ``kho_populate()`` does), walks the radix tree and reserves every preserved
 block in the new page allocator, tagging each head page the way
 ``kho_preserved_memory_reserve()`` writes KHO_PAGE_MAGIC.  Restores consume
-those tags; anything never restored is reported as leaked.
+those tags; anything never restored is reported as leaked.  A root of
+another version is rejected as ``kho_populate()`` does (no KHO boot).
+
+``init`` is the rest of ``kho_init()`` (fs_initcall): on kernels with
+include/linux/kho/abi/kexec_metadata.h it reads the incoming
+``kexec-metadata`` blob and registers the outgoing one (kexec count + 1).
 """
 
 from __future__ import annotations
@@ -22,12 +28,21 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from luosim.abi.errors import DecodeError
+from luosim.abi.kexec_metadata import (
+    KHO_KEXEC_METADATA_VERSION,
+    KHO_METADATA_NODE_NAME,
+    KexecMetadata,
+    read_incoming,
+)
+from luosim.abi.kexec_metadata import SIZE as KEXEC_METADATA_SIZE
 from luosim.abi.kho import (
     KHO_BITMAP_SIZE_LOG2,
+    KHO_BLOB_SIZE_VERSIONS,
     KHO_TREE_MAX_DEPTH,
     MAX_PAGE_ORDER,
     KhoData,
     KhoScratch,
+    Subtree,
     bitmap_index,
     decode_root_fdt,
     encode_key,
@@ -79,6 +94,8 @@ class Kho:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
+        # kho_restore_page() order limit; the hugetlb series (patch 1) drops it
+        self.max_restore_order = MAX_PAGE_ORDER
         self.mem = kernel.machine.memory
         self.enabled = not kernel.cmdline_has("kho=off")
         # outgoing: the radix tree's content, (pfn, order) pairs
@@ -86,11 +103,19 @@ class Kho:
         # which kernel module preserved each block: an observer's annotation
         # (not part of the hand-over) so checks can tell pending from leaked
         self.owner: dict[tuple[int, int], str] = {}
+        self.abi = kernel.profile.kho_abi  # root FDT version written and accepted
         self.subtrees: dict[str, int] = {}  # name -> phys, in insertion order
+        self.sizes: dict[str, int] = {}  # name -> blob size given to kho_add_subtree()
         self.finalized = False
         # incoming
         self.in_fdt_pa = 0
         self.in_subtrees: dict[str, int] = {}
+        self.in_sizes: dict[str, int] = {}  # kho-v3+: name -> blob-size, -1 when broken
+        # kho_in.kexec_count / previous_release (0 and "" on a cold boot)
+        self.kexec_count = 0
+        self.previous_release = ""
+        # incoming blobs KHO copies and leaves reserved (kho_in_kexec_metadata())
+        self.in_kept: list[int] = []
         self.in_magic: dict[int, int] = {}  # head pfn -> order (KHO_PAGE_MAGIC set)
         self.in_total_pages = 0
         self.scratch: list[KhoScratch] = list(kernel.machine.scratch)
@@ -112,7 +137,8 @@ class Kho:
         try:
             kd = KhoData.decode(kho_data)
             self.mem.check_range(kd.fdt_addr, kd.fdt_size)
-            root = decode_root_fdt(self.mem.read(kd.fdt_addr, kd.fdt_size))
+            root = decode_root_fdt(self.mem.read(kd.fdt_addr, kd.fdt_size),
+                                   expect_compatible=self.abi)
             scratch = KhoScratch.decode_array(self.mem.read(kd.scratch_addr, kd.scratch_size))
         except Exception as exc:  # DecodeError, MemoryAccessError
             k.printk("warn", "kho", f"setup: handover FDT is invalid, booting without KHO: {exc}")
@@ -139,11 +165,21 @@ class Kho:
         self.in_total_pages = sum(1 << o for o in magic.values())
         self.in_fdt_pa = kd.fdt_addr
         self.in_subtrees = root.subtrees
+        self.in_sizes = root.sizes
         k.printk("info", "kho", f"found kexec handover data: {len(magic)} preserved blocks, "
                  f"{self.in_total_pages} pages, subtrees {sorted(root.subtrees)}")
 
     def retrieve_subtree(self, name: str) -> int:
         """``kho_retrieve_subtree()`` -> phys; ENOENT when absent, EINVAL when bad."""
+        return self.retrieve_blob(name)[0]
+
+    def retrieve_blob(self, name: str) -> tuple[int, int | None]:
+        """``kho_retrieve_subtree(name, &phys, &size)`` -> (phys, size).
+
+        kho-v3+ (gregkh/linux 9d87d0fc kernel/liveupdate/kexec_handover.c): a
+        subnode without an 8-byte ``blob-size`` is EINVAL with a warning.  A
+        kho-v2 root has no sizes (None).
+        """
         if not self.is_kho_boot:
             raise KernelError(errno.ENOENT, "not a KHO boot")
         pa = self.in_subtrees.get(name)
@@ -151,7 +187,66 @@ class Kho:
             raise KernelError(errno.ENOENT, f"no KHO subtree {name!r}")
         if pa < 0:
             raise KernelError(errno.EINVAL, f"KHO subtree {name!r} has no 8-byte preserved-data")
-        return pa
+        if self.abi not in KHO_BLOB_SIZE_VERSIONS:
+            return pa, None
+        size = self.in_sizes.get(name, -1)
+        if size < 0:
+            self.kernel.warn("kho", f"broken KHO subnode '{name}': missing or invalid "
+                             "blob-size property")
+            raise KernelError(errno.EINVAL, f"KHO subtree {name!r} has no 8-byte blob-size")
+        return pa, size
+
+    # ------------------------------------------------------------------ kho_init
+    def init(self) -> None:
+        """The kexec-metadata part of ``kho_init()`` (``kho_kexec_metadata_init()``).
+
+        Kernels with include/linux/kho/abi/kexec_metadata.h (torvalds/linux
+        40735a68) copy the incoming record (version and size checked, blob
+        left reserved) and register an outgoing one with ``kexec_count`` one
+        higher (0 on a cold boot).  A failure only warns.
+        """
+        if not self.enabled or self.kernel.profile.kexec_metadata is None:
+            return
+        if self.is_kho_boot:
+            self._in_kexec_metadata()
+        try:
+            self._out_kexec_metadata()
+        except KernelError as exc:
+            self.kernel.printk("warn", "kho", "failed to initialize kexec-metadata subtree: "
+                               f"{exc}")
+
+    def _in_kexec_metadata(self) -> None:
+        """``kho_in_kexec_metadata()``."""
+        k = self.kernel
+        try:
+            pa, size = self.retrieve_blob(KHO_METADATA_NODE_NAME)
+        except KernelError:
+            return  # the previous kernel did not export metadata
+        if size is None:
+            return  # no blob-size (kho-v2): no kernel with metadata reads such a root
+        try:
+            meta = read_incoming(self.mem.read(pa, min(size, KEXEC_METADATA_SIZE)), size)
+        except DecodeError as exc:
+            k.printk("warn", "kho", f"kexec-metadata: {exc.reason}")
+            return
+        self.kexec_count = meta.kexec_count
+        self.previous_release = meta.previous_release
+        self.in_kept.append(pa)
+        k.printk("info", "kho", f"exec from: {meta.previous_release} (count "
+                 f"{meta.kexec_count})")
+
+    def _out_kexec_metadata(self) -> None:
+        """``kho_out_kexec_metadata()``: a 73-byte preserved blob, subtree "kexec-metadata"."""
+        pa = self.alloc_preserve(KEXEC_METADATA_SIZE)
+        self.owner[(pa >> PAGE_SHIFT, order_for(KEXEC_METADATA_SIZE))] = "kho"
+        meta = KexecMetadata(KHO_KEXEC_METADATA_VERSION, self.kernel.profile.name,
+                             self.kexec_count + 1)
+        self.mem.write(pa, meta.encode())
+        try:
+            self.add_subtree(KHO_METADATA_NODE_NAME, pa, KEXEC_METADATA_SIZE)
+        except KernelError:
+            self.unpreserve_free(pa)
+            raise
 
     def _restore_page(self, pa: int) -> int | None:
         """``kho_restore_page()``: the block's order, or None (with a warning)."""
@@ -159,7 +254,7 @@ class Kho:
         pfn = pa >> PAGE_SHIFT
         order = self.in_magic.get(pfn) if pa % PAGE_SIZE == 0 else None
         effect = k.machine.faults.hit(FP_RESTORE, f"{pa:#x}")
-        if order is None or order > MAX_PAGE_ORDER or effect is not None:
+        if order is None or order > self.max_restore_order or effect is not None:
             k.warn_once("kho", f"restore:{pa:#x}",
                         f"WARNING: kho_restore_page: {pa:#x} was not preserved (no KHO magic)")
             return None
@@ -186,6 +281,10 @@ class Kho:
             self.kernel.warn("kho", f"kho_restore_free: {pa:#x} not restorable")
             return
         self.kernel.mm.free_pages(pa, order)
+
+    def own_blocks(self) -> set[tuple[int, int]]:
+        """Outgoing (pfn, order) blocks KHO preserved for itself (root FDT, kexec-metadata)."""
+        return {b for b in self.preserved if self.owner.get(b) == "kho"}
 
     def unclaimed(self) -> list[tuple[int, int]]:
         """Preserved blocks the previous kernel handed over that nobody restored."""
@@ -360,19 +459,26 @@ class Kho:
             self.kernel.mm.free_pages(cpa, 0)
         return bytes(out)
 
-    def add_subtree(self, name: str, pa: int) -> None:
-        """``kho_add_subtree()``: EEXIST for a duplicate name."""
+    def add_subtree(self, name: str, pa: int, size: int | None = None) -> None:
+        """``kho_add_subtree()``: EEXIST for a duplicate name.
+
+        ``size`` is the blob size (kho-v3+ ``blob-size``); None lets the
+        hand-over take an FDT's ``totalsize`` or else the allocation's size.
+        """
         if not self.enabled:
             raise KernelError(errno.EOPNOTSUPP, "KHO is disabled")
         if name in self.subtrees:
             raise KernelError(errno.EEXIST, f"KHO subtree {name!r} exists")
         self.subtrees[name] = pa
+        if size is not None:
+            self.sizes[name] = size
 
     def remove_subtree(self, pa: int) -> None:
         """``kho_remove_subtree()``: by physical address, silently if absent."""
         for name, val in list(self.subtrees.items()):
             if val == pa:
                 del self.subtrees[name]
+                self.sizes.pop(name, None)
                 return
 
     def finalize(self) -> None:
@@ -421,6 +527,18 @@ class Kho:
             self.mem.write(pa, bits.to_bytes(PAGE_SIZE, "little"))
         return root
 
+    def _blob_size(self, name: str, pa: int) -> int:
+        """The size ``kho_add_subtree()`` was given; for callers that gave none, an
+        FDT's ``totalsize`` or the preserved allocation's size."""
+        size = self.sizes.get(name)
+        if size is not None:
+            return size
+        head = self.mem.read(pa, 8)
+        if head[:4] == b"\xd0\x0d\xfe\xed":
+            return int.from_bytes(head[4:8], "big")
+        order = self.kernel.mm.allocated.get(pa >> PAGE_SHIFT, 0)
+        return PAGE_SIZE << order
+
     def handover(self) -> bytes | None:
         """Write the KHO state for the next kernel; return ``kho_data``.
 
@@ -439,11 +557,13 @@ class Kho:
         self.mem.write(scratch_pa, scratch_blob)
         root = self._write_radix_tree()
         effect = k.machine.faults.hit(FP_HANDOVER, "kho hand-over")
-        compatible = "kho-v2"
+        compatible = self.abi
         if effect == "corrupt:root-compatible":
             compatible = "kho-v1"
+        subtrees: list[Subtree] = [(name, pa, self._blob_size(name, pa))
+                                   for name, pa in self.subtrees.items()]
         blob = encode_root_fdt(0 if effect == "corrupt:mem-map" else root,
-                               list(self.subtrees.items()), compatible=compatible)
+                               subtrees, compatible=compatible)
         self.mem.write(fdt_pa, blob)
         if effect == "corrupt:radix-node":
             self.mem.write_u64(root, (self.mem.size + PAGE_SIZE) & ~(PAGE_SIZE - 1))

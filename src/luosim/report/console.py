@@ -60,7 +60,8 @@ def render(result: RunResult, console: Console, *, title: str = "") -> None:
         for d in result.devices:
             style = "red" if d.name in moved else ""
             t.add_row(d.name, d.bdf_before or "-", d.bdf_after or "-",
-                      "yes" if d.preserved else "no", style=style)
+                      "yes" if d.preserved else "auto (bridge)" if d.auto_preserved else "no",
+                      style=style)
         console.print(t)
     if result.phases:
         t = Table(title="Timeline (simulated time; DMA keeps running through it)")

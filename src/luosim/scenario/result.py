@@ -36,10 +36,11 @@ class DeviceResult:
     bdf_before: str | None
     bdf_after: str | None
     preserved: bool
+    auto_preserved: bool = False  # a bridge preserved because a device below it is
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bdf_before": self.bdf_before, "bdf_after": self.bdf_after,
-                "preserved": self.preserved}
+                "preserved": self.preserved, "auto_preserved": self.auto_preserved}
 
 
 @dataclass
@@ -60,6 +61,8 @@ class RunResult:
     pci_after: list[dict[str, Any]] = field(default_factory=list)
     preserved_objects: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    dma: list[dict[str, Any]] = field(default_factory=list)  # DmaRecord.as_dict() rows
+    device_vm: dict[str, str] = field(default_factory=dict)  # assigned device -> VM
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -90,6 +93,13 @@ class RunResult:
             "invariants": [i.as_dict() for i in self.invariants],
             "events": self.events,
             "devices": [d.as_dict() for d in self.devices],
+            # additions for reports and traces (DESIGN.md's keys above are unchanged)
+            "phases": [{"phase": p, "duration_ns": ns} for p, ns in self.phases],
+            "pci_before": self.pci_before,
+            "pci_after": self.pci_after,
+            "preserved_objects": self.preserved_objects,
+            "device_vm": self.device_vm,
+            "dma": self.dma,
         }
 
 

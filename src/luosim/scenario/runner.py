@@ -136,12 +136,15 @@ class Run:
         dma = getattr(self.machine, "dma", None)
         if dma is not None:
             self.result.stats["dma_records"] = len(dma.records)
+            self.result.dma = [r.as_dict() for r in dma.records]
+        self.result.device_vm = dict(self.ctx.device_vm)
         return self.result
 
     def _execute(self, sc: Scenario) -> None:
         before = sc.kernels.before
         self.phase(f"boot {before.profile}")
-        k = self.machine.boot(before.profile, before.cmdline, self.policy)
+        k = self.machine.boot(before.profile, before.cmdline, self.policy,
+                              before.config or None)
         self.kernel = self.ctx.kernel = k
         self.ctx.liveupdate_numbers.append(k.liveupdate.liveupdate_number_in)
         self.checker.check("boot")
@@ -161,7 +164,8 @@ class Run:
                 devices.append((dname, dev.name))
             dma = vm.dma.model_dump() if vm.dma else None
             self.step(f"start {vm.name}", lambda v=vm, d=devices, m=dma, s=i: vmm.create_vm(  # type: ignore[misc]
-                v.name, v.memory, v.folio_order, d, m, seed=0x5EED0000 + s))
+                v.name, v.memory, v.folio_order, d, m, seed=0x5EED0000 + s,
+                ram_backing=v.ram_backing))
             self.ctx.device_vm.update({d: vm.name for d in vm.devices})
         self._track_ram(vmm)
         self.phase("guest running")
@@ -172,9 +176,7 @@ class Run:
         self.phase("preserve")
         self.step("preserve", lambda: agent.preserve(vmm))
         self.ctx.phase = "preserved"
-        self.ctx.preserved_bdfs = {p.obj: next(d.bdf for v in vmm.vms for d in v.devices
-                                               if d.name == p.obj)
-                                   for p in agent.preserved if p.kind == "vfio"}
+        self._note_preserved(vmm, agent)
         self.result.pci_before = self.pci_snapshot(k, set(self.ctx.preserved_bdfs))
         self.agent = agent
 
@@ -182,13 +184,15 @@ class Run:
             self.phase(f"reboot(KEXEC) to {after.profile}: freeze, serialize, shutdown")
             self.step("quiesce VMs", vmm.quiesce_for_update)
             self.run_dma(self.REBOOT_NS)
-            self.ctx.extra["ram_before_jump"] = self._ram_fingerprints()
+            # KHO-1 follows guest RAM only when the agent preserved it
+            self.ctx.extra["ram_before_jump"] = (self._ram_fingerprints()
+                                                 if sc.update.preserve != "none" else None)
             hook = self._blackout_hook()
             self.machine.stage_hooks.append(hook)
             try:
                 k2 = self.step(f"reboot(KEXEC) #{n + 1}",
                                lambda a=after, kk=k: kk.kexec(a.profile, a.cmdline,  # type: ignore[misc]
-                                                              self.policy))
+                                                              self.policy, a.config or None))
             finally:
                 self.machine.stage_hooks.remove(hook)
             k = k2
@@ -221,6 +225,13 @@ class Run:
                 self._track_ram(vmm)
                 self.ctx.phase = "preserved"
                 self.step("carry forward", lambda v=vmm: agent.carry_forward(v))  # type: ignore[misc]
+                self._note_preserved(vmm, agent)
+
+    def _note_preserved(self, vmm: Vmm, agent: Agent) -> None:
+        """The checker's view of which devices are preserved (at every preserve)."""
+        self.ctx.preserved_bdfs = {p.obj: next(d.bdf for v in vmm.vms for d in v.devices
+                                               if d.name == p.obj)
+                                   for p in agent.preserved if p.kind == "vfio"}
 
     def _environment_faults(self) -> None:
         """Hardware changes during the jump, as the explorer plans them."""
@@ -290,8 +301,10 @@ class Run:
             self.result.pci_after = self.pci_snapshot(k, preserved)
         before = {n["name"]: n["bdf"] for n in self.result.pci_before}
         after = {n["name"]: n["bdf"] for n in self.result.pci_after}
+        auto = {n["name"] for n in self.result.pci_before + self.result.pci_after
+                if n.get("auto")}
         self.result.devices = [DeviceResult(name, before.get(name), after.get(name),
-                                            name in preserved)
+                                            name in preserved, name in auto)
                                for name in sorted(set(before) | set(after))]
         agent = getattr(self, "agent", None)
         if agent is not None:
@@ -318,6 +331,8 @@ class Run:
             snapshot_at_jump(self.ctx, old)
             snapshot_iommu_at_jump(self.ctx)
         before = self.ctx.extra.get("ram_before_jump", {})
+        if before is None:
+            return
         for vm, fp in self._ram_fingerprints().items():
             if before.get(vm) != fp:
                 self._ram_problem(vm, "content changed by the kexec itself (scrubbed "

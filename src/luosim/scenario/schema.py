@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from luosim.faults import Fault
 from luosim.hw.machine import parse_size
 from luosim.kernel.profiles import PROFILES, check_policy
+from luosim.scenario.descriptions import describe
 
 
 class ScenarioError(ValueError):
@@ -31,7 +32,7 @@ class ScenarioError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=describe)
 
 
 HexInt = int | str
@@ -211,12 +212,21 @@ def iter_devices(machine: MachineSpec) -> list[DeviceSpec | PortSpec]:
 class KernelSpec(_Model):
     profile: str = "v6"
     cmdline: str = ""
+    # kernel config switches (luosim.kernel.config), e.g. CONFIG_IOMMU_LIVEUPDATE: false
+    config: dict[str, bool] = Field(default_factory=dict)
 
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str) -> str:
         if v not in PROFILES:
             raise ValueError(f"unknown kernel profile {v!r} (known: {', '.join(PROFILES)})")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: dict[str, bool]) -> dict[str, bool]:
+        from luosim.kernel.config import resolve_config
+        resolve_config(None, v)  # unknown keys: one line naming the key
         return v
 
 
@@ -241,6 +251,8 @@ class VmSpec(_Model):
     folio_order: int = Field(default=9, ge=0, le=10)
     devices: list[str] = Field(default_factory=list)
     dma: DmaSpec | None = None
+    # guest RAM: a shmem memfd, or a hugetlb memfd (pool from hugepages= on the cmdline)
+    ram_backing: Literal["memfd", "hugetlb-2M", "hugetlb-1G"] = "memfd"
 
     @field_validator("memory")
     @classmethod
@@ -249,6 +261,13 @@ class VmSpec(_Model):
         if size <= 0 or size % (2 << 20):
             raise ValueError(f"VM memory must be a positive multiple of 2MiB, got {v!r}")
         return size
+
+    @model_validator(mode="after")
+    def _huge(self) -> VmSpec:
+        if self.ram_backing == "hugetlb-1G" and int(self.memory) % (1 << 30):
+            raise ValueError(f"hugetlb-1G guest RAM must be a multiple of 1GiB, "
+                             f"got {int(self.memory) >> 20}MiB")
+        return self
 
 
 class WorkloadSpec(_Model):

@@ -4,14 +4,18 @@ Before kexec it creates one session per VM and preserves the VM's files in
 the order the kernel requires (memfd, then iommufd, then vfio cdevs, each
 found by the next in the same session: spec pci.md §7.3 and §8), keeps the
 session fds open through reboot(KEXEC), and after kexec retrieves them.
-IOMMU live update phase 1 cannot retrieve an iommufd, so a session holding
-one cannot be finished (pci.md §7.4.4): the agent leaves it retrieved and
-unfinished, by design, and the devices stay owned by the preserved token.
-Sessions without an iommufd are finished.
+IOMMU live update phase 1 cannot retrieve an iommufd (EOPNOTSUPP), so a
+session holding one cannot be finished (pci.md §7.4.4): the agent leaves it
+retrieved and unfinished, by design, and the devices stay owned by the
+preserved token.  Phase 2 kernels return the iommufd: the VMM rebinds the
+devices, restores the preserved HWPT and moves the devices to a new one
+(:meth:`Vmm.restore_iommu`), and every session is finished - so the next
+update can preserve everything again (:meth:`Agent.carry_forward`).
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +99,9 @@ class Agent:
                        f"in session {main!r}")
             if self.preserve_mode != "all" or not vm.devices:
                 continue
-            if vm.iommufd is not None:
+            # a kernel without CONFIG_IOMMU_LIVEUPDATE cannot preserve an iommufd:
+            # the devices go alone (vfio series without IOMMU preservation)
+            if vm.iommufd is not None and self.kernel.configured("CONFIG_IOMMU_LIVEUPDATE"):
                 token = self._token(vmm, vm, TOKEN_IOMMUFD)
                 s.preserve_fd(vm.iommufd, token)
                 self.preserved.append(Preserved(main, token, "iommufd", f"{vm.name}-iommufd",
@@ -119,13 +125,17 @@ class Agent:
         from luosim.userspace.vmm import DeviceAssignment
         self.kernel = kernel
         new = Vmm(kernel)
-        if self.preserve_mode == "none":
-            return new
         dev = kernel.open_liveupdate()
+        if self.preserve_mode == "none":
+            # the agent still looks for sessions: the first open is what claims
+            # LUO's own incoming memory (else KHO-2 counts it as leaked)
+            dev.close()
+            return new
         by_session: dict[str, list[Preserved]] = {}
         for p in self.preserved:
             by_session.setdefault(p.session, []).append(p)
         vms: dict[str, Vm] = {}
+        pending: set[str] = set()  # VMs whose iommufd stays preserved (phase 1)
         for name, items in list(by_session.items()):
             if kernel.machine.faults.hit(FP_NEVER_RETRIEVED, name):
                 for p in items:
@@ -141,9 +151,19 @@ class Agent:
                 vm = vms.setdefault(p.vm, Vm(old.name, old.memory, old.folio_order, dma=old.dma,
                                              hwpt_token=old.hwpt_token))
                 if p.kind == "iommufd":
-                    p.state = "left preserved (IOMMU phase 1: not retrievable)"
-                    self._emit("leave-pending", f"{p.vm}: iommufd stays with the IOMMU FLB; "
-                               "the devices' DMA ownership stays with its token")
+                    try:
+                        vm.iommufd = s.retrieve_fd(p.token)  # type: ignore[assignment]
+                    except OSError as exc:
+                        if exc.errno != errno.EOPNOTSUPP:
+                            raise
+                        p.state = "left preserved (IOMMU phase 1: not retrievable)"
+                        pending.add(p.vm)
+                        self._emit("leave-pending", f"{p.vm}: iommufd stays with the IOMMU "
+                                   "FLB; the devices' DMA ownership stays with its token")
+                        continue
+                    p.state = "retrieved"
+                    self._emit("retrieve", f"{p.vm}: iommufd back (HWPT token "
+                               f"{vm.hwpt_token:#x})")
                     continue
                 f = s.retrieve_fd(p.token)
                 p.state = "retrieved"
@@ -157,10 +177,15 @@ class Agent:
                     self._emit("retrieve", f"{p.vm}: vfio device {p.obj}")
         new.vms = list(vms.values())
         for vm in new.vms:
+            if vm.name not in pending:
+                new.restore_iommu(vm)
+                if vm.devices:
+                    self._emit("restore-iommu", f"{vm.name}: devices bound, preserved HWPT "
+                               f"restored, moved to HWPT {vm.hwpt_id}")
             new.start_dma(vm)
         if finish:
             for name, items in by_session.items():
-                if any(p.kind == "iommufd" for p in items):
+                if any(p.vm in pending for p in items):
                     self._emit("leave-unfinished", f"session {name!r} not finished: it holds "
                                "an iommufd, which IOMMU phase 1 cannot finish (pci.md §7.4.4)")
                     continue

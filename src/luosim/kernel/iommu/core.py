@@ -297,6 +297,10 @@ class IommuSubsystem:
         self.initialized = True
         for pdev in self.kernel.pci.devices():
             self.probe_device(pdev)
+        self._put_incoming_if_unused()
+
+    def _put_incoming_if_unused(self) -> None:
+        """Drop the core's incoming FLB reference once no device holds a restored owner."""
         if self.incoming is not None and self._incoming_ref and not any(
                 d.restored_from is not None for d in self.devices.values()):
             self.kernel.liveupdate.flb_put_incoming(self.flb)
@@ -304,6 +308,8 @@ class IommuSubsystem:
 
     def _get_incoming(self) -> None:
         """IOMMU FLB get-incoming: "nothing" errors ignored, anything else panics (§7.4.5)."""
+        if not self.kernel.configured("CONFIG_IOMMU_LIVEUPDATE"):
+            return  # drivers/iommu/liveupdate.c not built: incoming state ignored
         try:
             obj = self.kernel.liveupdate.flb_get_incoming(self.flb)
         except KernelError as exc:
@@ -476,7 +482,10 @@ class IommuSubsystem:
         for ui, did in list(domain.dids.items()):
             self.units[ui].dids.free(did)
         domain.dids.clear()
-        if domain.kind == "paging" and not domain.restored:
+        # a restored domain's tables were claimed with kho_restore_folio() at
+        # restore, so they are this kernel's pages to free as well (phase 2
+        # destroys the restored HWPT once its devices moved on)
+        if domain.kind == "paging":
             for pa in domain.table_pages():
                 self.kernel.mm.free_pages(pa)
             domain.writer = None
@@ -544,6 +553,19 @@ class IommuSubsystem:
         g.owner_cnt += 1
         if g.owner_cnt == 1:
             self.attach(dev, self.blocked)
+
+    def adopt_preserved_owner(self, dev: IommuDevice, owner: object) -> None:
+        """iommufd live update phase 2: the retrieved iommufd that preserved the
+        device takes over its DMA ownership; the restored domain stays attached
+        (no blocking step, so DMA keeps translating).  EINVAL when the group is
+        not held by a preserved owner."""
+        g = dev.group
+        if not isinstance(g.owner, PreservedOwner):
+            raise KernelError(errno.EINVAL, f"{dev.name}: not owned by a preserved iommufd")
+        g.owner = owner
+        g.owner_cnt = 1
+        dev.restored_from = None
+        self._put_incoming_if_unused()
 
     def release_dma_owner(self, dev: IommuDevice, owner: object) -> None:
         """``iommu_device_release_dma_owner()``: back to the blocking domain."""

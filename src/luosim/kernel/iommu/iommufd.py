@@ -29,8 +29,27 @@ the version with ``check_iopt_pages_preserved()``; spec pci.md §7.3, §11):
   kernel/liveupdate/luo_file.c of that tree) - then
   ``iommu_domain_preserve()``.  Hence memfd before iommufd, iommufd before
   the vfio cdev.
-* ``retrieve``: returns **EOPNOTSUPP** in that version (phase 1: the
-  iommufd cannot be retrieved); ``can_finish`` is always false.
+* ``retrieve``: phase 1 (profiles v6, v7: ``Profile.iommufd_lu``) returns
+  **EOPNOTSUPP** (the iommufd cannot be retrieved) and ``can_finish`` is
+  always false.
+
+Phase 2 (profile v9; samikhawaja/linux 039a26321a59d6f6b6d7276644538a8a4ace4941
+drivers/iommu/iommufd/liveupdate.c, selftests iommufd_liveupdate.c at
+96e9fd428c8824dfd747a500c7b8a694ab9a67f9 and iommufd_liveupdate_duo.c at
+6f0175807b28595ce528b31b46889f5d8b8f4a7f):
+
+* ``retrieve`` restores the ``iommufd_ser`` folio (EFAULT if it cannot be
+  restored) and returns a new iommufd whose ``lu`` holds the records;
+* binding a device whose DMA is owned by the preserved iommufd to that
+  retrieved iommufd takes the ownership over with the restored domain
+  still attached (a fresh iommufd is still refused with EPERM);
+* ``IOMMU_HWPT_LU_RESTORE`` (:meth:`IommufdFile.hwpt_lu_restore`): ENOTTY on
+  an iommufd that was not retrieved, ENOENT for an unknown or reclaimed
+  token or a domain the IOMMU did not restore, ENODEV while a device
+  attached to the domain is not bound to this iommufd (duo selftest); it
+  wraps the restored domain in a new HWPT and marks the record reclaimed;
+* ``can_finish``: every record reclaimed and no restored HWPT has an
+  attachment left (devices moved to new HWPTs); ``finish`` frees the folio.
 
 The memfd (and, for the cdev, the iommufd) is looked up **in the same
 session** (``args.file_set``, the kernel's ``args->session``), and the memfd
@@ -127,6 +146,17 @@ class Hwpt:
     domain: IommuDomain
     lu_preserve: bool = False
     lu_token: int = 0
+    lu_restored: bool = False  # made by IOMMU_HWPT_LU_RESTORE (phase 2)
+
+
+@dataclass
+class LuHwptRecord:
+    """One ``iommufd_hwpt_lu`` of a retrieved iommufd (``ictx->lu``)."""
+
+    index: int
+    domain_data: int
+    token: int
+    reclaimed: bool
 
 
 @dataclass(eq=False)
@@ -154,6 +184,9 @@ class IommufdFile(File):
         self.hwpts: dict[int, Hwpt] = {}
         self.idevs: dict[int, IommufdDevice] = {}
         self.lu_preserved = False  # preserved in LUO (HWPTs immutable)
+        self.lu: list[LuHwptRecord] | None = None  # retrieved (phase 2): ictx->lu
+        self.retrieved = False  # made by the LUO retrieve (phase 2)
+        self.lu_ser_pa = 0
 
     # -- helpers --
     def _check(self) -> None:
@@ -271,21 +304,73 @@ class IommufdFile(File):
         """``IOMMU_DESTROY`` of a HWPT: EBUSY while attached or preserved."""
         self._check()
         hwpt = self._hwpt(hwpt_id)
-        if any(d.hwpt is hwpt for d in self.idevs.values()):
+        if any(d.hwpt is hwpt for d in self.idevs.values()) or hwpt.domain.devices:
             raise KernelError(errno.EBUSY, f"HWPT {hwpt_id} has devices attached")
         self.kernel.iommu.free_domain(hwpt.domain)
-        hwpt.ioas.hwpts.remove(hwpt)
+        if hwpt in hwpt.ioas.hwpts:
+            hwpt.ioas.hwpts.remove(hwpt)
         del self.hwpts[hwpt_id]
 
     # -- devices (called by vfio) --
     def bind_device(self, pdev: PciDev) -> int:
-        """``iommufd_device_bind()``: claim DMA ownership -> dev_id (EPERM/EBUSY)."""
+        """``iommufd_device_bind()``: claim DMA ownership -> dev_id (EPERM/EBUSY).
+
+        Phase 2: a device restored from a record whose domain this retrieved
+        iommufd preserved is taken over with its restored domain attached.
+        """
         self._check()
         dev = self.kernel.iommu.device(pdev)
-        self.kernel.iommu.claim_dma_owner(dev, self)
+        if self._lu_owns(dev):
+            self.kernel.iommu.adopt_preserved_owner(dev, self)
+        else:
+            self.kernel.iommu.claim_dma_owner(dev, self)
         idev = IommufdDevice(next(self._ids), pdev, dev)
+        for h in self.hwpts.values():
+            if h.lu_restored and dev.group.domain is h.domain:
+                idev.hwpt = h
         self.idevs[idev.id] = idev
         return idev.id
+
+    def _lu_owns(self, dev: IommuDevice) -> bool:
+        if self.lu is None or dev.restored_from is None:
+            return False
+        restored = self.kernel.iommu.restored_domains
+        return any(restored.get(r.domain_data) is dev.group.domain for r in self.lu)
+
+    def hwpt_lu_restore(self, token: int) -> int:
+        """``IOMMU_HWPT_LU_RESTORE`` (``iommufd_hwpt_lu_restore()``) -> the new HWPT id.
+
+        ENOTTY: this iommufd was not retrieved; ENOENT: no unreclaimed record
+        with ``token``, or its domain was not restored by the IOMMU driver;
+        ENODEV: a device attached to that domain is not bound to this iommufd
+        yet (iommufd_liveupdate_duo.c: "cannot restore an HWPT without
+        already rebind all the attached devices").
+        """
+        self._check()
+        if self.lu is None:
+            raise KernelError(errno.ENOTTY, f"{self.name}: not a retrieved iommufd")
+        rec = next((r for r in self.lu if not r.reclaimed and r.token == token), None)
+        if rec is None:
+            raise KernelError(errno.ENOENT, f"{self.name}: no preserved HWPT with token "
+                              f"{token:#x}")
+        domain = self.kernel.iommu.restored_domains.get(rec.domain_data)
+        if domain is None:
+            raise KernelError(errno.ENOENT, f"HWPT token {token:#x}: domain "
+                              f"{rec.domain_data:#x} was not restored")
+        for dev in domain.devices:
+            if dev.group.owner is not self:
+                raise KernelError(errno.ENODEV, f"{dev.name} is attached to the preserved "
+                                  "HWPT but not bound to this iommufd")
+        hwpt = Hwpt(next(self._ids), Ioas(0), domain, lu_restored=True)
+        self.hwpts[hwpt.id] = hwpt
+        for idev in self.idevs.values():
+            if idev.dev.group.domain is domain:
+                idev.hwpt = hwpt
+        rec.reclaimed = True
+        self.kernel.machine.memory.write(
+            self.lu_ser_pa + IOMMUFD_SER_HDR.size + IOMMUFD_HWPT_SER.size * rec.index + 16,
+            b"\x01")
+        return hwpt.id
 
     def unbind_device(self, dev_id: int) -> None:
         """``iommufd_device_unbind()``: detach, release DMA ownership."""
@@ -458,17 +543,53 @@ class IommufdFileHandler(FileHandler):
         if isinstance(args.file, IommufdFile):
             args.file.lu_preserved = False
 
+    def _phase2(self) -> bool:
+        return self.mod.kernel.profile.iommufd_lu == "phase2"
+
     def retrieve(self, args: FileOpArgs) -> None:
-        """Phase 1: an iommufd cannot be retrieved (EOPNOTSUPP, pci.md §7.4.4)."""
-        raise KernelError(errno.EOPNOTSUPP, "iommufd retrieval is not supported (phase 1)")
+        """``iommufd_liveupdate_retrieve()``.
+
+        Phase 1: EOPNOTSUPP (pci.md §7.4.4).  Phase 2: the ``iommufd_ser``
+        folio is restored (EFAULT otherwise) and a new iommufd carries its
+        records (``ictx->lu``) for IOMMU_HWPT_LU_RESTORE.
+        """
+        if not self._phase2():
+            raise KernelError(errno.EOPNOTSUPP, "iommufd retrieval is not supported (phase 1)")
+        k = self.mod.kernel
+        pa = args.serialized_data
+        order = k.kho.restore_folio(pa)
+        if order is None:
+            raise KernelError(errno.EFAULT, f"iommufd_ser {pa:#x} cannot be restored")
+        (n,) = IOMMUFD_SER_HDR.unpack(k.machine.memory.read(pa, IOMMUFD_SER_HDR.size))
+        if IOMMUFD_SER_HDR.size + IOMMUFD_HWPT_SER.size * n > PAGE_SIZE << order:
+            k.mm.free_pages(pa)
+            raise KernelError(errno.EINVAL, f"iommufd_ser {pa:#x}: {n} HWPTs")
+        raw = k.machine.memory.read(pa, IOMMUFD_SER_HDR.size + IOMMUFD_HWPT_SER.size * n)
+        f = IommufdFile(self.mod, install_fd=False)
+        f.lu = [LuHwptRecord(i, d, t, bool(r))
+                for i, (d, t, r) in enumerate(decode_iommufd_ser(raw))]
+        f.lu_ser_pa = pa
+        f.retrieved = True
+        args.file = f
 
     def can_finish(self, args: FileOpArgs) -> bool:
-        """Always false in phase 1: the session holding an iommufd cannot finish."""
-        return False
+        """``iommufd_liveupdate_can_finish()``: never in phase 1; in phase 2 every
+        record reclaimed and no restored HWPT still has an attachment."""
+        f = args.file
+        if not self._phase2() or args.retrieve_status <= 0 or not isinstance(f, IommufdFile) \
+                or f.lu is None:
+            return False
+        if not all(r.reclaimed for r in f.lu):
+            return False
+        return not any(h.lu_restored and h.domain.devices for h in f.hwpts.values())
 
     def finish(self, args: FileOpArgs) -> None:
-        """Never reached in phase 1 (can_finish is false)."""
-        return None
+        """``iommufd_liveupdate_finish()``: ``ictx->lu`` dropped, the folio freed."""
+        f = args.file
+        if isinstance(f, IommufdFile) and f.lu is not None:
+            f.lu = None
+            self.mod.kernel.mm.free_pages(f.lu_ser_pa)
+            f.lu_ser_pa = 0
 
 
 class Iommufd:
@@ -487,6 +608,8 @@ class Iommufd:
         a failing FLB link unregisters the handler.
         """
         lu = self.kernel.liveupdate
+        if not self.kernel.configured("CONFIG_IOMMU_LIVEUPDATE"):
+            return  # iommu_liveupdate_register_flb() is the EOPNOTSUPP stub
         try:
             lu.register_file_handler(self.handler)
         except KernelError as exc:

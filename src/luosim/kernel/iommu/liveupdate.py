@@ -6,14 +6,20 @@ without the version word is accepted as well), linked to the **iommufd**
 file handler (spec pci.md §7.1).  Its hand-over is, all in KHO-preserved
 pages (pci.md §7.2, ``luosim.abi.iommu``):
 
-* ``struct iommu_flb_ser`` (32 B): version and the physical addresses of
-  three array chains, all allocated at FLB preserve even when empty
-  (``iommu_liveupdate_flb_preserve()``);
+* ``struct iommu_flb_ser``: the physical addresses of three array chains
+  (and, for ``"iommu-liveupdate"``, a version word), all allocated at FLB
+  preserve even when empty (``iommu_liveupdate_flb_preserve()``);
 * the HW-unit array (``iommu_hw_ser`` with the VT-d union: DRHD register
   base as token, root table, bitmap of preserved context tables), the
   domain array (``iommu_domain_ser``: top table, level, VA size) and the
   device array (``iommu_device_ser``: (segment, RID), DID as
   ``attachment_id``, pointers to its domain and HW records).
+
+Every record follows one whole version of include/linux/kho/abi/iommu.h,
+picked by the FLB compatible (``luosim.abi.iommu.IOMMU_ABIS``):
+``"iommu-liveupdate-v1"`` is samikhawaja/linux ef754267 (37-byte domains,
+56-byte devices), ``"iommu-liveupdate"`` is pran005/linux 22fa8f30 (40-byte
+domains, 72-byte devices with ``dma_owner_token``).
 
 Objects are append-only; an unpreserved one keeps its slot with
 ``IOMMU_SER_FLAG_DELETED``.  Outgoing API (old kernel, called by iommufd
@@ -40,6 +46,7 @@ the core when it rebuilds a preserved domain).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,19 +55,20 @@ from typing import TYPE_CHECKING, NoReturn
 from luosim.abi.errors import DecodeError
 from luosim.abi.iommu import (
     IOMMU_INTEL,
-    IOMMU_LUO_FLB_COMPATIBLE_LU_V1,
-    IOMMU_LUO_FLB_VERSION,
     IOMMU_SER_FLAG_DELETED,
     IOMMU_SER_FLAG_INCOMING,
     VTD_CONTEXT_BITMAP_WORDS,
     IommuDeviceSer,
+    IommuDeviceSerPran,
     IommuDomainSer,
+    IommuDomainSerPran,
     IommuFlbSer,
     IommuFlbSerV1,
     IommuHdrSer,
     IommuHwSer,
     decode_array_page,
     encode_array_page,
+    iommu_abi,
     objs_per_page,
     walk_arrays,
 )
@@ -190,9 +198,10 @@ class IommuFlbOut:
         self.flb = flb
         self.kernel = flb.kernel
         self.ser_pa = 0
-        self.hw = _ArrayChain(self.kernel, IommuHwSer.SIZE, "iommu hw array")
-        self.domains = _ArrayChain(self.kernel, IommuDomainSer.SIZE, "iommu domain array")
-        self.devices = _ArrayChain(self.kernel, IommuDeviceSer.SIZE, "iommu device array")
+        self.abi = flb.abi
+        self.hw = _ArrayChain(self.kernel, self.abi.hw.SIZE, "iommu hw array")
+        self.domains = _ArrayChain(self.kernel, self.abi.domain.SIZE, "iommu domain array")
+        self.devices = _ArrayChain(self.kernel, self.abi.device.SIZE, "iommu device array")
         self.hw_by_token: dict[int, _HwEntry] = {}
         self.dom_entries: dict[IommuDomain, _DomEntry] = {}
         self.dev_entries: dict[tuple[int, int], _DevEntry] = {}
@@ -202,7 +211,7 @@ class IommuFlbOut:
         """``iommu_liveupdate_flb_preserve()``: ser + three one-page arrays."""
         kho = self.kernel.kho
         try:
-            self.ser_pa = kho.alloc_preserve(IommuFlbSer.SIZE)
+            self.ser_pa = kho.alloc_preserve(self.abi.flb.SIZE)
             self.domains.grow()
             self.devices.grow()
             self.hw.grow()
@@ -212,10 +221,10 @@ class IommuFlbOut:
         self._write_ser()
 
     def _write_ser(self) -> None:
-        if self.flb.compatible == IOMMU_LUO_FLB_COMPATIBLE_LU_V1:
+        if self.abi.version is None:
             raw = IommuFlbSerV1(self.hw.head, self.domains.head, self.devices.head).encode()
         else:
-            raw = IommuFlbSer(IOMMU_LUO_FLB_VERSION, self.hw.head, self.domains.head,
+            raw = IommuFlbSer(self.abi.version, self.hw.head, self.domains.head,
                               self.devices.head).encode()
         self.kernel.machine.memory.write(self.ser_pa, raw)
 
@@ -252,8 +261,9 @@ class IommuFlbOut:
         if domain in self.dom_entries:
             raise KernelError(errno.EBUSY, f"{domain!r} is already preserved")
         pages = domain.table_pages()
-        rec = IommuDomainSer(IommuHdrSer(1, 0), domain.root, domain.levels - LEVEL_BASE,
-                             domain.vasz, False, 0)
+        dom_ser = self.abi.domain
+        rec = dom_ser(IommuHdrSer(1, 0), domain.root, domain.levels - LEVEL_BASE,
+                      domain.vasz, False, 0)
         index = self.domains.add(rec.encode())
         kho = self.kernel.kho
         done: list[int] = []
@@ -264,7 +274,7 @@ class IommuFlbOut:
         except KernelError:
             for pa in done:
                 kho.unpreserve_pages(pa, 1)
-            self.domains.set(index, IommuDomainSer(
+            self.domains.set(index, dom_ser(
                 IommuHdrSer(0, IOMMU_SER_FLAG_DELETED), rec.top_table_phys, rec.top_level,
                 rec.vasz).encode())
             raise
@@ -284,8 +294,8 @@ class IommuFlbOut:
                              f"{ent.devices} preserved devices use it")
         for pa in ent.pages:
             self.kernel.kho.unpreserve_pages(pa, 1)
-        old = IommuDomainSer.decode(ent_bytes(self.domains, ent.index))
-        self.domains.set(ent.index, IommuDomainSer(
+        old = self.abi.domain.decode(ent_bytes(self.domains, ent.index))
+        self.domains.set(ent.index, self.abi.domain(
             IommuHdrSer(0, old.hdr.flags | IOMMU_SER_FLAG_DELETED), old.top_table_phys,
             old.top_level, old.vasz, old.sign_extend).encode())
 
@@ -396,8 +406,14 @@ class IommuFlbOut:
             raise
         hw.refcount += 1
         self.hw.set(hw.index, self._hw_record(hw))
-        rec = IommuDeviceSer(IommuHdrSer(1, 0), dev.rid, dev.segment, did,
-                             self.domains.phys_of(dom.index), self.hw.phys_of(hw.index))
+        hdr1 = IommuHdrSer(1, 0)
+        dom_pa, hw_pa = self.domains.phys_of(dom.index), self.hw.phys_of(hw.index)
+        rec: IommuDeviceSer | IommuDeviceSerPran
+        if self.abi.device is IommuDeviceSerPran:  # 22fa8f30 records the DMA owner
+            rec = IommuDeviceSerPran(hdr1, dev.rid, dev.segment, did, dom_pa, hw_pa,
+                                     dma_owner_token=token)
+        else:
+            rec = IommuDeviceSer(hdr1, dev.rid, dev.segment, did, dom_pa, hw_pa)
         index = self.devices.add(rec.encode())
         self.dev_entries[key] = _DevEntry(index, dev, domain, hw, token)
         dom.devices += 1
@@ -410,10 +426,9 @@ class IommuFlbOut:
         if ent is None:
             self.kernel.warn("iommu", f"WARNING: {dev.name} is not preserved")
             return
-        old = IommuDeviceSer.decode(ent_bytes(self.devices, ent.index))
-        self.devices.set(ent.index, IommuDeviceSer(
-            IommuHdrSer(0, IOMMU_SER_FLAG_DELETED), old.devid, old.pci_domain_nr,
-            old.attachment_id, old.domain_phys, old.iommu_phys).encode())
+        old = self.abi.device.decode(ent_bytes(self.devices, ent.index))
+        self.devices.set(ent.index, dataclasses.replace(
+            old, hdr=IommuHdrSer(0, IOMMU_SER_FLAG_DELETED)).encode())
         dom = self.dom_entries.get(ent.domain)
         if dom is not None:
             dom.devices -= 1
@@ -441,13 +456,13 @@ class HwRecord:
 @dataclass(frozen=True)
 class DomainRecord:
     phys: int
-    ser: IommuDomainSer
+    ser: IommuDomainSer | IommuDomainSerPran
 
 
 @dataclass(frozen=True)
 class DeviceRecord:
     phys: int
-    ser: IommuDeviceSer
+    ser: IommuDeviceSer | IommuDeviceSerPran
 
     @property
     def key(self) -> tuple[int, int]:
@@ -487,6 +502,7 @@ class IommuFlb(Flb):
     def __init__(self, kernel: Kernel) -> None:
         super().__init__(kernel.profile.iommu_flb_compat)
         self.kernel = kernel
+        self.abi = iommu_abi(self.compatible)
 
     # -- outgoing --
     def preserve(self, args: FlbOpArgs) -> None:
@@ -516,7 +532,8 @@ class IommuFlb(Flb):
         pa = args.data
         if k.kho.restore_folio(pa) is None:
             kernel_bug(k, f"iommu: liveupdate: FLB data {pa:#x} was not preserved")
-        v1 = self.compatible == IOMMU_LUO_FLB_COMPATIBLE_LU_V1
+        abi = self.abi
+        v1 = abi.version is None
         if effect == "corrupt:version" and not v1:
             mem.write_u64(pa, 0xDEAD)
         try:
@@ -525,9 +542,9 @@ class IommuFlb(Flb):
                 heads = (s1.iommu_array_phys, s1.iommu_domain_array_phys, s1.device_array_phys)
             else:
                 ser = IommuFlbSer.decode(mem.read(pa, IommuFlbSer.SIZE))
-                if ser.version != IOMMU_LUO_FLB_VERSION:
+                if ser.version != abi.version:
                     raise KernelError(errno.EINVAL, f"iommu_flb_ser version {ser.version}, "
-                                      f"expected {IOMMU_LUO_FLB_VERSION}")
+                                      f"expected {abi.version}")
                 heads = (ser.iommu_array_phys, ser.iommu_domain_array_phys,
                          ser.device_array_phys)
         except DecodeError as exc:
@@ -544,11 +561,11 @@ class IommuFlb(Flb):
 
         try:
             raw_hw = self._walk(reader, heads[0], IommuHwSer.SIZE, "iommu hw array")
-            raw_dom = self._walk(reader, heads[1], IommuDomainSer.SIZE, "iommu domain array")
-            raw_dev = self._walk(reader, heads[2], IommuDeviceSer.SIZE, "iommu device array")
+            raw_dom = self._walk(reader, heads[1], abi.domain.SIZE, "iommu domain array")
+            raw_dev = self._walk(reader, heads[2], abi.device.SIZE, "iommu device array")
             hw = [HwRecord(p, IommuHwSer.decode(b)) for p, b in raw_hw]
-            dom = {p: DomainRecord(p, IommuDomainSer.decode(b)) for p, b in raw_dom}
-            dev = [DeviceRecord(p, IommuDeviceSer.decode(b)) for p, b in raw_dev]
+            dom = {p: DomainRecord(p, _dom_ser(abi.domain.decode(b))) for p, b in raw_dom}
+            dev = [DeviceRecord(p, _dev_ser(abi.device.decode(b))) for p, b in raw_dev]
         except DecodeError as exc:
             raise KernelError(errno.EINVAL, str(exc)) from None
         args.obj = IommuFlbIn(pa, pages, hw, dom, dev)
@@ -584,6 +601,16 @@ class IommuFlb(Flb):
         mm.free_pages(obj.ser_pa)
 
 
+def _dom_ser(ser: object) -> IommuDomainSer | IommuDomainSerPran:
+    assert isinstance(ser, IommuDomainSer | IommuDomainSerPran)
+    return ser
+
+
+def _dev_ser(ser: object) -> IommuDeviceSer | IommuDeviceSerPran:
+    assert isinstance(ser, IommuDeviceSer | IommuDeviceSerPran)  # the VT-d layouts only
+    return ser
+
+
 def mark_incoming(kernel: Kernel, rec: DeviceRecord) -> None:
     """Set ``IOMMU_SER_FLAG_INCOMING`` in a device record (probe matched it)."""
     mem = kernel.machine.memory
@@ -593,12 +620,13 @@ def mark_incoming(kernel: Kernel, rec: DeviceRecord) -> None:
 
 def write_restored_domain(kernel: Kernel, rec: DomainRecord, cookie: int) -> None:
     """Fill the ``restored_domain`` pointer slot (meaningful in this kernel only)."""
-    kernel.machine.memory.write_u64(rec.phys + 32, cookie & ((1 << 64) - 1))
+    off = type(rec.ser).OFFSETS["restored_domain"]  # 29 (ef754267) or 32 (22fa8f30)
+    kernel.machine.memory.write_u64(rec.phys + off, cookie & ((1 << 64) - 1))
 
 
 def mark_hw_restored(kernel: Kernel, rec: HwRecord) -> None:
     """Set ``intel.restored`` of a HW record once the unit adopted its tables."""
-    kernel.machine.memory.write(rec.phys + 24, b"\x01")
+    kernel.machine.memory.write(rec.phys + IommuHwSer.OFFSETS["intel.restored"], b"\x01")
 
 
 __all__ = ["FP_FLB_RETRIEVE", "FP_RESTORE_DOMAIN", "DeviceRecord", "DomainRecord", "HwRecord",

@@ -98,7 +98,8 @@ class LuoCore:
         if self.abi not in ("luo-v1", "luo-v5"):
             raise ValueError(f"unknown LUO ABI {self.abi!r}")
         self.v5 = self.abi == "luo-v5"
-        self.enabled = _cmdline_enabled(kernel)
+        # CONFIG_LIVEUPDATE=n: not built (luosim.kernel.config)
+        self.enabled = _cmdline_enabled(kernel) and kernel.configured("CONFIG_LIVEUPDATE")
         self.liveupdate_number_in = 0
         self.liveupdate_number_out = 0
         self.files = FileManager(self)
@@ -213,7 +214,9 @@ class LuoCore:
             self.liveupdate_number_out = self.liveupdate_number_in + 1
             k.machine.memory.write(self.out_flb_pa, encode_flb_block([]))
             self._write_blob(0)
-            kho.add_subtree(LUO_KHO_ENTRY_NAME, self.out_blob_pa)
+            # luo-v5: kho_add_subtree(..., luo_ser, sizeof(*luo_ser)); luo-v1: the FDT's size
+            kho.add_subtree(LUO_KHO_ENTRY_NAME, self.out_blob_pa,
+                            LuoSer.SIZE if self.v5 else None)
         except KernelError as exc:
             for pa in reversed(allocated):
                 kho.unpreserve_free(pa)

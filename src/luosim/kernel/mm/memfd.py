@@ -10,7 +10,7 @@ memfd of order 9 is 4096 folios).  Byte content goes through
 :meth:`fingerprint`.
 
 :class:`MemfdLuoHandler` is the LUO file handler (spec luo.md §5.3):
-``memfd-v1`` on luo-v1 profiles, ``memfd-v2`` (with seals) on luo-v5.
+``memfd-v1`` or ``memfd-v2`` (with seals), as the profile's memfd layer says.
 Everything it hands over is in physical memory: the ``memfd_luo_ser``
 record (``kho_alloc_preserve``), the folio array (``kho_preserve_vmalloc``)
 and the folios themselves (``kho_preserve_folio``); the next kernel
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from luosim.abi.errors import DecodeError
+from luosim.abi.hugetlb import MFD_ALL_FLAGS, MFD_HUGETLB
 from luosim.abi.memfd import (
     F_SEAL_FUTURE_WRITE,
     F_SEAL_GROW,
@@ -484,7 +485,7 @@ class MemfdSubsystem:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.compatible = (MEMFD_LUO_FH_COMPATIBLE_V2 if kernel.profile.luo_abi == "luo-v5"
+        self.compatible = (MEMFD_LUO_FH_COMPATIBLE_V2 if kernel.profile.memfd_abi == "memfd-v2"
                            else MEMFD_LUO_FH_COMPATIBLE_V1)
         self.handler: MemfdLuoHandler | None = None
 
@@ -500,9 +501,16 @@ class MemfdSubsystem:
         self.handler = handler
 
     def create(self, name: str, size: int = 0, folio_order: int = 0,
-               seals: int = 0) -> MemfdFile:
-        """``memfd_create(name, MFD_ALLOW_SEALING)`` + ``ftruncate(size)`` + seals."""
+               seals: int = 0, flags: int = 0) -> MemfdFile:
+        """``memfd_create(name, MFD_ALLOW_SEALING)`` + ``ftruncate(size)`` + seals.
+
+        ``MFD_HUGETLB`` in ``flags`` makes a hugetlbfs file (kernel/mm/hugetlb.py).
+        """
         check_alive(self.kernel)
+        if flags & MFD_HUGETLB:
+            return self.kernel.hugetlb.memfd_create(name, size, flags, seals)
+        if flags & ~MFD_ALL_FLAGS:  # unknown bits, or a huge page size without MFD_HUGETLB
+            raise KernelError(errno.EINVAL, f"bad memfd_create flags {flags:#x}")
         if seals & ~_SEALS_KNOWN:
             raise KernelError(errno.EINVAL, f"unknown seals {seals:#x}")
         f = MemfdFile(self, name, folio_order=folio_order)

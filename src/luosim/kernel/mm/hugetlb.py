@@ -1,0 +1,656 @@
+"""HugeTLB pools, hugetlb memfds and their live update: mm/hugetlb.c + mm/hugetlb_luo.c.
+
+Follows the hugetlb live-update series "[RFC PATCH 00/10] liveupdate:
+hugetlb support" (Pratyush Yadav, 2025-12-07,
+<20251206230222.853493-1-pratyush@kernel.org>, base 55b7d75112c2), as stored
+in prati0100/linux (include/linux/kho/abi/hugetlb.h at 23652ff7960d,
+mm/hugetlb_luo.c FLB at 18ae0a38140c; ABI in :mod:`luosim.abi.hugetlb`):
+
+* Pools.  x86-64 has two hstates, 2 MiB (order 9) and 1 GiB (order 18).
+  ``hugepagesz=SIZE hugepages=N`` (``hugepages=`` before any ``hugepagesz=``
+  means the default size, ``default_hugepagesz=`` or 2 MiB) fills a pool at
+  boot from memory outside KHO scratch; a short allocation is logged and the
+  pool keeps what it got (``hugetlb_hstate_alloc_pages()``).  On a
+  live-update boot the pages the previous kernel preserved count towards
+  ``N``: ``hstate_liveupdate_pages()`` reads the ``hugetlb-v1`` FLB record in
+  early boot and only the rest is allocated (series patch 7).
+* Files.  ``memfd_create(MFD_HUGETLB | MFD_HUGE_2MB/1GB)`` makes a
+  :class:`HugetlbMemfdFile`: sizes in whole huge pages (EINVAL), pages taken
+  from the pool on first touch (ENOMEM when the pool is empty:
+  ``memfd_alloc_folio()``; ``fallocate()`` reports ENOSPC like
+  ``alloc_hugetlb_folio()``), freed pages go back to the pool.
+* Live update.  The ``huge-memfd-v1`` file handler (``hugemfd_*``) freezes
+  the inode (``hugetlb_i_freeze()``: truncate and fallocate → EPERM), pins
+  every page (allocating holes, ENOMEM when the pool is short), preserves
+  each folio with KHO and counts it in the ``hugetlb-v1`` FLB, then
+  preserves the ``hugemfd_folio_ser`` array with ``kho_preserve_vmalloc()``.
+  Retrieve rebuilds the file from those pages (they join the new kernel's
+  pool, in use); FINISH of a never-retrieved file returns its pages to the
+  pool as free pages.  KHO restores folios above order 10 only with the
+  series' patch 1 ("kho: drop restriction on maximum page order").
+
+Plain hugetlbfs facts (torvalds/linux 0cce284537fb fs/hugetlbfs/inode.c):
+``hugetlb_file_setup()`` fails with ENODEV for a page size without an
+hstate, ``hugetlbfs_setattr()`` with EINVAL for a size that is not a whole
+number of huge pages, and a fresh hugetlbfs inode carries ``F_SEAL_SEAL``
+(so a retrieved file, whose ``hugemfd_ser`` has no seals, is sealed shut).
+
+Profiles: the series needs LUO with FLBs in early boot, i.e. the luo-v5
+profile (v9).  On luo-v1 profiles (v6, v7) no handler accepts a hugetlb
+memfd (memfd_luo_can_preserve() refuses hugetlb), so PRESERVE_FD fails with
+ENOENT like any unsupported file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from luosim.abi.errors import DecodeError
+from luosim.abi.hugetlb import (
+    HUGE_MEMFD_COMPATIBLE,
+    HUGETLB_FLB_COMPATIBLE,
+    MFD_ALL_FLAGS,
+    MFD_HUGE_MASK,
+    MFD_HUGE_SHIFT,
+    MFD_HUGETLB,
+    HugemfdFolioSer,
+    HugemfdSer,
+    HugetlbHstateSer,
+    HugetlbSer,
+    decode_hugemfd_folios,
+    encode_hugemfd_folios,
+    mfd_huge_log,
+)
+from luosim.abi.kho import KHO_ORDER_0_LOG2
+from luosim.abi.memfd import (
+    F_SEAL_FUTURE_WRITE,
+    F_SEAL_SEAL,
+    F_SEAL_WRITE,
+    KhoVmalloc,
+    KhoVmallocChunk,
+)
+from luosim.errors import KernelError
+from luosim.faults import point
+from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, MemoryAccessError
+from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
+from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
+from luosim.kernel.mm.memfd import MemfdFile, folio_seed, zero_folio_fingerprint
+from luosim.kernel.vfs import File, check_alive
+
+if TYPE_CHECKING:
+    from luosim.kernel.kernel import Kernel
+
+FP_PRESERVE = point("hugetlb.preserve", ("ENOMEM",),
+                    "hugemfd_preserve() fails (allocation)")
+
+#: x86-64 hstates (arch/x86/mm/hugetlbpage.c): PMD and, with GBPAGES, PUD.
+HSTATE_ORDERS = (9, 18)
+DEFAULT_HSTATE_ORDER = 9
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_MASK64 = (1 << 64) - 1
+
+
+def hugetlb_luo_supported(kernel: Kernel) -> bool:
+    """Whether this kernel build carries the hugetlb live-update series (luo-v5 profiles)."""
+    return kernel.profile.luo_abi == "luo-v5"
+
+
+def parse_size(text: str) -> int | None:
+    """``memparse()`` of ``2M``/``1G``/``2048K``/bytes; None when malformed."""
+    units = {"k": 10, "m": 20, "g": 30}
+    t = text.strip().lower()
+    shift = units.get(t[-1:], 0)
+    digits = t[:-1] if shift else t
+    return int(digits) << shift if digits.isdigit() else None
+
+
+@dataclass
+class Hstate:
+    """One ``struct hstate``: a pool of huge pages of one order."""
+
+    order: int
+    free: list[int] = field(default_factory=list)  # free pages (pa), LIFO like the free list
+    nr_huge_pages: int = 0
+    requested: int = 0  # hugepages= for this size
+
+    @property
+    def size(self) -> int:
+        return PAGE_SIZE << self.order
+
+    @property
+    def free_huge_pages(self) -> int:
+        return len(self.free)
+
+    @property
+    def name(self) -> str:
+        return f"{self.size >> 20}M" if self.size < 1 << 30 else f"{self.size >> 30}G"
+
+
+class HugetlbSubsystem:
+    """The hstates of one kernel, hugetlb memfd creation and the LUO handler + FLB."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.hstates = {o: Hstate(o) for o in HSTATE_ORDERS}
+        self.default_order = DEFAULT_HSTATE_ORDER
+        self.flb = HugetlbFlb(self)
+        self.handler: HugemfdLuoHandler | None = None
+
+    # ------------------------------------------------------------------ boot
+    def _parse_cmdline(self) -> None:
+        k = self.kernel
+        current: Hstate | None = None
+        valid = True  # hugepages_setup(): the preceding hugepagesz= was valid
+        for word in k.cmdline.words:
+            key, _, val = word.partition("=")
+            if key == "default_hugepagesz":
+                size = parse_size(val)
+                order = (size.bit_length() - 1 - PAGE_SHIFT) if size else -1
+                if order in self.hstates:
+                    self.default_order = order
+                else:
+                    k.printk("err", "hugetlb", f"HugeTLB: unsupported default_hugepagesz={val}")
+            elif key == "hugepagesz":
+                size = parse_size(val)
+                order = (size.bit_length() - 1 - PAGE_SHIFT) if size else -1
+                current = self.hstates.get(order) if size == PAGE_SIZE << order else None
+                valid = current is not None
+                if current is None:
+                    k.printk("err", "hugetlb", f"HugeTLB: unsupported hugepagesz={val}")
+            elif key == "hugepages":
+                if not valid:
+                    k.printk("warn", "hugetlb", f"HugeTLB: hugepages={val} does not follow a "
+                             "valid hugepagesz, ignoring")
+                    continue
+                if not val.isdigit():
+                    k.printk("err", "hugetlb", f"HugeTLB: invalid hugepages={val}")
+                    continue
+                (current or self.hstates[self.default_order]).requested = int(val)
+
+    def init(self) -> None:
+        """Models hugetlb_init() + hugetlb_hstate_alloc_pages() (after KHO memory init)."""
+        k = self.kernel
+        if hugetlb_luo_supported(k):
+            k.kho.max_restore_order = KHO_ORDER_0_LOG2  # series patch 1
+        self._parse_cmdline()
+        for h in self.hstates.values():
+            preserved = self.hstate_liveupdate_pages(h)
+            want = max(0, h.requested - preserved)
+            got = 0
+            for _ in range(want):
+                try:
+                    pa = k.mm.alloc_pages(h.order)
+                except KernelError:
+                    break
+                h.free.append(pa)
+                got += 1
+            h.nr_huge_pages += got
+            if got < want:
+                k.printk("warn", "hugetlb", f"HugeTLB: allocating {want} of page size {h.name} "
+                         f"failed.  Only allocated {got} hugepages.")
+            if h.requested or preserved:
+                k.printk("info", "hugetlb", f"HugeTLB: {h.name} pool: {got} allocated, "
+                         f"{preserved} preserved by the previous kernel")
+
+    def hstate_liveupdate_pages(self, h: Hstate) -> int:
+        """Models hstate_liveupdate_pages(): preserved pages of ``h`` per the incoming FLB.
+
+        Early boot (``liveupdate_flb_incoming_early()``): the record is read
+        in place, not claimed; no FLB → 0.
+        """
+        k = self.kernel
+        if not hugetlb_luo_supported(k):
+            return 0
+        lu = getattr(k, "liveupdate", None)
+        records = lu.flbs.incoming_records if lu is not None and lu.enabled else None
+        for rec in records or ():
+            if rec.name == HUGETLB_FLB_COMPATIBLE:
+                try:
+                    ser = HugetlbSer.decode(k.machine.memory.read(rec.data, HugetlbSer.SIZE))
+                except (DecodeError, MemoryAccessError):  # a bad pointer: no pages
+                    return 0
+                return ser.nr_pages(h.order)
+        return 0
+
+    def late_init(self) -> None:
+        """Models hugetlb_luo_init(): register ``huge-memfd-v1`` and link ``hugetlb-v1``."""
+        k = self.kernel
+        if not hugetlb_luo_supported(k) or not k.liveupdate.enabled:
+            return
+        handler = HugemfdLuoHandler(self)
+        try:
+            k.liveupdate.register_file_handler(handler)
+        except KernelError as exc:
+            k.printk("err", "hugetlb", f"could not register file handler: {exc}")
+            return
+        try:
+            k.liveupdate.register_flb(handler, self.flb)
+        except KernelError as exc:
+            k.printk("err", "hugetlb", f"could not register hugetlb FLB handler: {exc}")
+            k.liveupdate.unregister_file_handler(handler)
+            return
+        self.handler = handler
+
+    # ------------------------------------------------------------------ pool
+    def hstate_for_log(self, log: int) -> Hstate:
+        """``hstate_sizelog()``: 0 = default; an unknown size → ENODEV (hugetlb_file_setup)."""
+        if log == 0:
+            return self.hstates[self.default_order]
+        h = self.hstates.get(log - PAGE_SHIFT)
+        if h is None:
+            raise KernelError(errno.ENODEV, f"no hstate for huge page size 2^{log}")
+        return h
+
+    def alloc_folio(self, h: Hstate, err: int = errno.ENOMEM) -> int:
+        """Take a free huge page (zeroed at fault) or fail with ``err``."""
+        if not h.free:
+            raise KernelError(err, f"hugetlb {h.name} pool is empty "
+                              f"({h.nr_huge_pages} pages, none free)")
+        pa = h.free.pop()
+        self.kernel.machine.memory.fill_folio(pa, h.order, ZERO_SEED)
+        return pa
+
+    def free_folio(self, h: Hstate, pa: int) -> None:
+        """``free_huge_folio()``: back onto the pool's free list."""
+        h.free.append(pa)
+
+    def adopt_folio(self, h: Hstate, pa: int, *, in_use: bool) -> None:
+        """A preserved folio joins the pool (``account_new_hugetlb_folio()``)."""
+        h.nr_huge_pages += 1
+        if not in_use:
+            h.free.append(pa)
+
+    def memfd_create(self, name: str, size: int = 0, flags: int = MFD_HUGETLB,
+                     seals: int = 0) -> HugetlbMemfdFile:
+        """``memfd_create(name, MFD_HUGETLB | MFD_HUGE_*)`` + ``ftruncate(size)`` + seals."""
+        check_alive(self.kernel)
+        if flags & ~(MFD_ALL_FLAGS | (MFD_HUGE_MASK << MFD_HUGE_SHIFT)):
+            raise KernelError(errno.EINVAL, f"unknown memfd_create flags {flags:#x}")
+        if not flags & MFD_HUGETLB:
+            raise KernelError(errno.EINVAL, "huge page size without MFD_HUGETLB")
+        h = self.hstate_for_log(mfd_huge_log(flags))
+        f = HugetlbMemfdFile(self, name, h)
+        try:
+            if size:
+                f.truncate(size)
+            if seals:
+                f.add_seals(seals)
+        except KernelError:
+            f.close()
+            raise
+        return f
+
+
+class HugetlbMemfdFile(MemfdFile):
+    """A hugetlbfs memfd: pages of one hstate, indexed by huge page number.
+
+    ``write``/``fill`` model stores through a MAP_SHARED mapping (hugetlbfs
+    has no write()): they cannot grow the file (EFAULT, SIGBUS on hardware)
+    and fault pages in from the pool (ENOMEM when it is empty).
+    """
+
+    def __init__(self, subsys: HugetlbSubsystem, name: str, h: Hstate, *,
+                 install_fd: bool = True) -> None:
+        super().__init__(subsys.kernel.memfd, name, install_fd=install_fd)
+        self.hsubsys = subsys
+        self.hstate = h
+        self.folio_order = h.order
+        self.hugetlb = True
+        self.pages: dict[int, int] = {}  # huge page number -> pa
+
+    @property
+    def hsize(self) -> int:
+        return self.hstate.size
+
+    # ------------------------------------------------------------------ pages
+    def _page(self, hidx: int) -> int:
+        pa = self.pages.get(hidx)
+        if pa is None:
+            pa = self.hsubsys.alloc_folio(self.hstate)
+            self.pages[hidx] = pa
+        return pa
+
+    def populate(self) -> int:
+        """``memfd_pin_folios()`` over ``[0, size)``: fill every hole (ENOMEM when short)."""
+        for hidx in range(self.size // self.hsize):
+            self._page(hidx)
+        return len(self.pages)
+
+    def folios(self) -> list[tuple[int, int, int]]:
+        """(index in base pages, pa, order) of every page, by index."""
+        o = self.hstate.order
+        return [(hidx << o, pa, o) for hidx, pa in sorted(self.pages.items())]
+
+    folio_list = folios
+
+    def _free_from(self, hidx: int) -> None:
+        for i in [i for i in self.pages if i >= hidx]:
+            self.hsubsys.free_folio(self.hstate, self.pages.pop(i))
+
+    # ------------------------------------------------------------------ size
+    def truncate(self, size: int) -> None:
+        """``ftruncate()``: whole huge pages (EINVAL); EPERM frozen or sealed."""
+        self.check_open()
+        if size < 0 or size % self.hsize:
+            raise KernelError(errno.EINVAL, f"size {size:#x} is not a multiple of "
+                              f"{self.hsize:#x}")
+        self._check_resize(size)
+        if size < self.size:
+            self._free_from(size // self.hsize)
+        self.size = size
+
+    def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
+        """``hugetlbfs_fallocate()``: EPERM while frozen; pool short → ENOSPC."""
+        self.check_open()
+        if offset < 0 or length <= 0:
+            raise KernelError(errno.EINVAL, "bad fallocate range")
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise KernelError(errno.EOPNOTSUPP, f"fallocate mode {mode:#x}")
+        if self.frozen:
+            raise KernelError(errno.EPERM, f"{self.name} is preserved for live update")
+        first = offset // self.hsize
+        end = -(-(offset + length) // self.hsize)
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            if not mode & FALLOC_FL_KEEP_SIZE:
+                raise KernelError(errno.EOPNOTSUPP, "PUNCH_HOLE needs KEEP_SIZE")
+            for hidx in range(-(-offset // self.hsize), (offset + length) // self.hsize):
+                pa = self.pages.pop(hidx, None)
+                if pa is not None:
+                    self.hsubsys.free_folio(self.hstate, pa)
+            return
+        if not mode & FALLOC_FL_KEEP_SIZE and end * self.hsize > self.size:
+            self._check_resize(end * self.hsize)
+        for hidx in range(first, end):
+            if hidx not in self.pages:
+                self.pages[hidx] = self.hsubsys.alloc_folio(self.hstate, errno.ENOSPC)
+        if not mode & FALLOC_FL_KEEP_SIZE:
+            self.size = max(self.size, offset + length)
+
+    # ------------------------------------------------------------------ content
+    def _check_store(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise KernelError(errno.EINVAL, "negative offset or length")
+        if length and self.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+            raise KernelError(errno.EPERM, f"{self.name} is sealed against writes")
+        if offset + length > self.size:
+            raise KernelError(errno.EFAULT, f"{self.name}: store beyond i_size "
+                              f"{self.size:#x} (SIGBUS)")
+
+    def write(self, offset: int, data: bytes) -> int:
+        """Stores through a shared mapping; faults pages in."""
+        self.check_open()
+        self._check_store(offset, len(data))
+        pos = 0
+        while pos < len(data):
+            at = offset + pos
+            hidx, off = divmod(at, self.hsize)
+            n = min(len(data) - pos, self.hsize - off)
+            self.mem.write(self._page(hidx) + off, bytes(data[pos:pos + n]))
+            pos += n
+        return len(data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``pread()`` (hugetlbfs_read_iter): up to the size; holes read as zeros."""
+        self.check_open()
+        if offset < 0 or n < 0:
+            raise KernelError(errno.EINVAL, "negative offset or length")
+        end = min(self.size, offset + n)
+        out = bytearray()
+        at = offset
+        while at < end:
+            hidx, off = divmod(at, self.hsize)
+            nxt = min(end, (hidx + 1) * self.hsize)
+            pa = self.pages.get(hidx)
+            out += self.mem.read(pa + off, nxt - at) if pa is not None else bytes(nxt - at)
+            at = nxt
+        return bytes(out)
+
+    def fill(self, offset: int, length: int, seed: int) -> None:
+        """Synthetic content in whole huge pages (same seeds as :meth:`MemfdFile.fill`)."""
+        self.check_open()
+        if offset % self.hsize or length % self.hsize:
+            raise KernelError(errno.EINVAL, f"fill range not aligned to {self.hsize:#x}")
+        self._check_store(offset, length)
+        seed &= _MASK64
+        o = self.hstate.order
+        for hidx in range(offset // self.hsize, (offset + length) // self.hsize):
+            self.mem.fill_folio(self._page(hidx), o, folio_seed(seed, hidx << o))
+
+    def fingerprint(self) -> int:
+        """Content identity over all pages (untouched zero pages ignored)."""
+        self.check_open()
+        h = hashlib.blake2b(digest_size=8)
+        h.update(self.size.to_bytes(8, "little"))
+        for index, pa, order in self.folios():
+            fp = self.mem.folio_fingerprint(pa, order)
+            if fp == zero_folio_fingerprint(order):
+                continue
+            h.update(index.to_bytes(8, "little") + order.to_bytes(2, "little")
+                     + fp.to_bytes(8, "little"))
+        return int.from_bytes(h.digest(), "little")
+
+    def release(self) -> None:
+        """Last reference: the pages go back to the pool."""
+        self._free_from(0)
+
+    def __repr__(self) -> str:
+        return (f"<HugetlbMemfdFile {self.name!r} size={self.size:#x} pages={len(self.pages)} "
+                f"hstate={self.hstate.name} fds={self.fds} ref={self.refcount}>")
+
+
+# ---------------------------------------------------------------------- FLB
+class HugetlbFlb(Flb):
+    """Models the ``hugetlb-v1`` FLB: per-hstate counts of preserved pages."""
+
+    def __init__(self, subsys: HugetlbSubsystem) -> None:
+        super().__init__(HUGETLB_FLB_COMPATIBLE)
+        self.subsys = subsys
+
+    def _write(self, ser_pa: int, counts: dict[int, int]) -> None:
+        ser = HugetlbSer(tuple(HugetlbHstateSer(counts[o], o) for o in HSTATE_ORDERS))
+        self.subsys.kernel.machine.memory.write(ser_pa, ser.encode())
+
+    def preserve(self, args: FlbOpArgs) -> None:
+        """hugetlb_flb_preserve(): a zeroed ``hugetlb_ser`` listing every hstate."""
+        ser_pa = self.subsys.kernel.kho.alloc_preserve(HugetlbSer.SIZE)
+        counts = {o: 0 for o in HSTATE_ORDERS}
+        self._write(ser_pa, counts)
+        args.data = ser_pa
+        args.obj = counts
+
+    def unpreserve(self, args: FlbOpArgs) -> None:
+        """hugetlb_flb_unpreserve(): free the record."""
+        self.subsys.kernel.kho.unpreserve_free(args.data)
+
+    def retrieve(self, args: FlbOpArgs) -> None:
+        """hugetlb_flb_retrieve(): the counts were used in early boot; free the record."""
+        self.subsys.kernel.kho.restore_free(args.data)
+        args.obj = "ZERO_SIZE_PTR"  # LUO needs an obj; there is no live state
+
+    def finish(self, args: FlbOpArgs) -> None:
+        """hugetlb_flb_finish(): no live state on the incoming side."""
+
+    def add_folio(self, h: Hstate, delta: int) -> None:
+        """hugetlb_flb_add_folio()/del_folio(): ENOENT without an outgoing FLB."""
+        k = self.subsys.kernel
+        counts = k.liveupdate.flb_get_outgoing(self)
+        if counts is None or h.order not in counts:
+            raise KernelError(errno.ENOENT, f"no outgoing hugetlb FLB for {h.name}")
+        counts[h.order] += delta
+        self._write(k.liveupdate.flbs.out[self].data, counts)
+
+
+# ---------------------------------------------------------------------- handler
+@dataclass
+class _Preserved:
+    ser_pa: int
+    desc: KhoVmalloc
+    folios: list[tuple[int, int, int]]
+
+
+class HugemfdLuoHandler(FileHandler):
+    """Models the ``huge-memfd-v1`` file handler (``hugemfd_luo_ops``)."""
+
+    def __init__(self, subsys: HugetlbSubsystem) -> None:
+        super().__init__(HUGE_MEMFD_COMPATIBLE)
+        self.subsys = subsys
+        self.kernel = subsys.kernel
+
+    def can_preserve(self, file: File) -> bool:
+        """hugemfd_can_preserve(): a hugetlbfs file without links."""
+        return isinstance(file, HugetlbMemfdFile) and file.nlink == 0
+
+    def get_id(self, file: File) -> object:
+        return cast(HugetlbMemfdFile, file).inode
+
+    def preserve(self, args: FileOpArgs) -> None:
+        """hugemfd_preserve(): freeze, pin all pages, preserve them, count them, array."""
+        file = cast(HugetlbMemfdFile, args.file)
+        k = self.kernel
+        kho = k.kho
+        flb = self.subsys.flb
+        h = file.hstate
+        k.machine.faults.check(FP_PRESERVE, file.name)
+        ser_pa = kho.alloc_preserve(HugemfdSer.SIZE)
+        was_frozen = file.frozen
+        file.frozen = True
+        done: list[int] = []
+        try:
+            desc = KhoVmalloc()
+            folios: list[tuple[int, int, int]] = []
+            if file.size:
+                file.populate()
+                folios = file.folios()
+                for _index, pa, order in folios:
+                    kho.preserve_folio(pa, order)
+                    try:
+                        flb.add_folio(h, +1)
+                    except KernelError:
+                        kho.unpreserve_folio(pa, order)
+                        raise
+                    done.append(pa)
+                recs = [HugemfdFolioSer(pa >> PAGE_SHIFT, index) for index, pa, _o in folios]
+                desc = KhoVmalloc.decode(kho.preserve_vmalloc(encode_hugemfd_folios(recs)))
+        except KernelError:
+            for pa in reversed(done):
+                flb.add_folio(h, -1)
+                kho.unpreserve_folio(pa, h.order)
+            file.frozen = was_frozen
+            kho.unpreserve_free(ser_pa)
+            raise
+        k.machine.memory.write(ser_pa, HugemfdSer(file.size, file.pos, len(folios), desc,
+                                                  h.order).encode())
+        args.serialized_data = ser_pa
+        args.private_data = _Preserved(ser_pa, desc, folios)
+
+    def unpreserve(self, args: FileOpArgs) -> None:
+        """hugemfd_unpreserve(): unpreserve array and pages, uncount, unfreeze, free record."""
+        file = cast(HugetlbMemfdFile, args.file)
+        priv = cast(_Preserved, args.private_data)
+        kho = self.kernel.kho
+        if priv.folios:
+            kho.unpreserve_vmalloc(priv.desc.encode())
+        for _index, pa, order in priv.folios:
+            self.subsys.flb.add_folio(file.hstate, -1)
+            kho.unpreserve_folio(pa, order)
+        file.frozen = False
+        kho.unpreserve_free(priv.ser_pa)
+
+    def freeze(self, args: FileOpArgs) -> None:
+        """hugemfd_freeze(): refresh ``pos`` (u64 @8)."""
+        file = cast(HugetlbMemfdFile, args.file)
+        self.kernel.machine.memory.write_u64(args.serialized_data + 8, file.pos)
+
+    # ------------------------------------------------------------------ new kernel
+    def _record(self, ser_pa: int) -> HugemfdSer:
+        try:
+            return HugemfdSer.decode(self.kernel.machine.memory.read(ser_pa, HugemfdSer.SIZE))
+        except DecodeError as exc:  # pragma: no cover - fixed-size read
+            raise KernelError(errno.EINVAL, str(exc)) from None
+
+    def _folios(self, ser: HugemfdSer) -> list[HugemfdFolioSer] | None:
+        """kho_restore_vmalloc() of the folio array, then vfree(); None on failure."""
+        k = self.kernel
+        data_pages: list[int] = []
+        cpa = ser.folios.first
+        try:
+            while cpa and len(data_pages) <= ser.folios.total_pages:
+                chunk = KhoVmallocChunk.decode(k.machine.memory.read(cpa, PAGE_SIZE))
+                data_pages.extend(chunk.phys)
+                cpa = chunk.next
+        except (DecodeError, ValueError):
+            return None
+        data = k.kho.restore_vmalloc(ser.folios.encode())
+        if data is None:
+            return None
+        for pa in data_pages:
+            if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None:
+                k.mm.free_pages(pa)
+        try:
+            return decode_hugemfd_folios(data, ser.nr_folios)
+        except (DecodeError, ValueError):
+            return None
+
+    def retrieve(self, args: FileOpArgs) -> None:
+        """hugemfd_retrieve(): a new hugetlb file made of the preserved pages.
+
+        The record is freed on success and failure; a page that cannot be
+        restored is EINVAL, an unreadable array ENOMEM, and the pages
+        restored so far are leaked on purpose (devices may still DMA to them).
+        """
+        k = self.kernel
+        ser_pa = args.serialized_data
+        if k.kho.restore_folio(ser_pa) is None:
+            raise KernelError(errno.EINVAL, f"hugemfd record {ser_pa:#x} was not preserved")
+        try:
+            ser = self._record(ser_pa)
+            h = self.subsys.hstates.get(ser.order)
+            if h is None:
+                raise KernelError(errno.ENODEV, f"no hstate of order {ser.order}")
+            file = HugetlbMemfdFile(self.subsys, "", h, install_fd=False)
+            file.seals = F_SEAL_SEAL  # hugetlbfs_get_inode(): a fresh inode is sealed
+            file.pos = ser.pos
+            file.size = ser.size
+            if ser.size and ser.nr_folios:
+                recs = self._folios(ser)
+                if recs is None:
+                    raise KernelError(errno.ENOMEM, "cannot restore the hugemfd folio array")
+                for rec in recs:
+                    pa = rec.pfn << PAGE_SHIFT
+                    order = k.kho.restore_folio(pa)
+                    if order is None or order != h.order:
+                        raise KernelError(errno.EINVAL, f"folio {pa:#x} could not be restored")
+                    self.subsys.adopt_folio(h, pa, in_use=True)
+                    file.pages[rec.index >> h.order] = pa
+        finally:
+            k.mm.free_pages(ser_pa)
+        args.file = file
+
+    def finish(self, args: FileOpArgs) -> None:
+        """hugemfd_finish(): never retrieved → the pages become free pool pages."""
+        if args.retrieve_status == 1:
+            return
+        k = self.kernel
+        ser_pa = args.serialized_data
+        if k.kho.restore_folio(ser_pa) is None:
+            k.warn("hugetlb", f"hugemfd record {ser_pa:#x} not restorable at finish")
+            return
+        ser = self._record(ser_pa)
+        k.mm.free_pages(ser_pa)
+        recs = self._folios(ser) if ser.nr_folios else []
+        if recs is None:
+            k.warn("hugetlb", "WARNING: hugemfd_finish: folio array not restorable")
+            return
+        h = self.subsys.hstates.get(ser.order)
+        for rec in recs:
+            pa = rec.pfn << PAGE_SHIFT
+            if k.kho.restore_folio(pa) is None:
+                continue
+            if h is None:  # no hstate: give the memory back to the buddy allocator
+                k.mm.free_pages(pa)
+                continue
+            self.subsys.adopt_folio(h, pa, in_use=False)
