@@ -10,18 +10,47 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
-from rich.console import Console
 
 from luosim.cli_profiles import register as _register_profiles
-from luosim.faults import Fault
 
+if TYPE_CHECKING:  # the model and rich load inside the commands: `luosim --help` stays fast
+    from rich.console import Console
+
+    from luosim.faults import Fault
+
+# plain click help: typer's rich help formatter alone imports ~0.1 s of rich
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="luosim: an executable, byte-exact model of Linux Live Update.")
-out = Console(highlight=False, emoji=False)
-err = Console(stderr=True, highlight=False, emoji=False)
+
+
+class _LazyConsole:
+    """A rich Console created (and rich imported) on first use."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._console: Any = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(**self._kwargs)
+        return cast("Console", self._console)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+def _real(console: Console) -> Console:
+    """The rich Console behind a lazy one (for code that wants the real class)."""
+    return console.get() if isinstance(console, _LazyConsole) else console
+
+
+out = cast("Console", _LazyConsole(highlight=False, emoji=False))
+err = cast("Console", _LazyConsole(stderr=True, highlight=False, emoji=False))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -82,10 +111,10 @@ def _run_and_report(scenario: Any, policy: dict[str, str], faults: tuple[Fault, 
             sys.stdout.write(json.dumps(result.as_json(), indent=2, sort_keys=False) + "\n")
     else:
         from luosim.report.progress import PhaseProgress
-        with PhaseProgress(out) as progress:
+        with PhaseProgress(_real(out)) as progress:
             result = run(scenario, faults=faults, policy=policy, on_phase=progress.phase,
                          dump_handover=dump)
-        render(result, out, title=title)
+        render(result, _real(out), title=title)
     if trace is not None:
         from luosim.report.trace import write_trace
         try:
@@ -147,6 +176,7 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
                 "kho/out/fdt, sub_fdts, LUO FLB data) under this folder.")] = None,
             fmt: FormatOpt = "rich", trace: TraceOpt = None) -> None:
     """Run a scenario: live progress, PCI trees, preserved objects, timeline, invariants."""
+    from luosim.faults import Fault
     pol = parse_policy(policy)
     scenario = _load(file)
     try:
@@ -205,7 +235,7 @@ def inspect(file: Annotated[Path, typer.Argument(
         if as_json:
             sys.stdout.write(json.dumps(node.as_json(), indent=2) + "\n")
         else:
-            render_tree(node, out)
+            render_tree(node, _real(out))
             out.print(f"{count_findings(node)} findings", highlight=False)
         return
     try:
@@ -222,7 +252,7 @@ def inspect(file: Annotated[Path, typer.Argument(
             if as_json:
                 sys.stdout.write(json.dumps(found.as_json(), indent=2) + "\n")
             else:
-                render_tree(found, out)
+                render_tree(found, _real(out))
             return
         if exc.classification == "bad-argument":
             fail(f"--as: {exc}")
@@ -232,7 +262,7 @@ def inspect(file: Annotated[Path, typer.Argument(
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         from luosim.inspect.decode import render_report
-        render_report(report, out)
+        render_report(report, _real(out))
 
 
 @app.command()
@@ -320,3 +350,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("luosim: interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m luosim.cli
+    main()

@@ -76,6 +76,9 @@ def test_explore_json_and_traces(scenario: str, tmp_path: Path) -> None:
     code2, out2, _ = invoke("explore", scenario, "--depth", "2", "--json", "--traces",
                             str(traces), "--jobs", "2")
     assert (code2, out2) == (0, out)  # byte-for-byte, whatever the job count
+    code3, out3, _ = invoke("explore", scenario, "--depth", "2", "--json", "--traces",
+                            str(traces), "--no-fork")
+    assert (code3, out3) == (0, out)  # fresh runs give what the fork tree gave
 
     code, out, _ = invoke("replay", str(path), "--json")
     assert code == 0 and json.loads(out)["same"] is True
@@ -119,9 +122,10 @@ def test_compare(scenario: str, tmp_path: Path) -> None:
 def test_model_crash_exit_3(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "BACKEND", cli.Backend(toy.bad_run, toy.scenario_from_dict,
                                                     toy.load_scenario, toy.check_policy))
-    code, _, err = invoke("explore", scenario)
-    assert code == 3
-    assert err == "error: model crash: run with toy.b#1=EIO raised KeyError: 'oops'\n"
+    for mode in ("--fork", "--no-fork"):
+        code, _, err = invoke("explore", scenario, mode)
+        assert code == 3
+        assert err == "error: model crash: run with toy.b#1=EIO raised KeyError: 'oops'\n"
 
 
 def test_commands_can_be_mounted_on_another_app(scenario: str, tmp_path: Path) -> None:
@@ -132,3 +136,23 @@ def test_commands_can_be_mounted_on_another_app(scenario: str, tmp_path: Path) -
     root.command("replay")(cli.replay_cmd)
     result = runner.invoke(root, ["explore", scenario, "--json", "--traces", str(tmp_path)])
     assert result.exit_code == 0 and json.loads(result.stdout)["summary"]["runs"] == 8
+
+
+def test_luosim_help_imports_no_model() -> None:
+    """``luosim --help`` loads neither the model nor rich, pydantic, numpy or dask."""
+    import os
+    import subprocess
+    import sys
+
+    import luosim
+    src = str(Path(luosim.__file__).resolve().parents[1])  # these sources, not an installed copy
+    code = ("import sys; sys.argv = ['luosim', '--help']\n"
+            "import luosim.cli as c\n"
+            "try:\n    c.app()\nexcept SystemExit:\n    pass\n"
+            "heavy = ('rich', 'pydantic', 'numpy', 'dask', 'luosim.hw', 'luosim.kernel',\n"
+            "         'luosim.scenario')\n"
+            "print(sorted({m for m in sys.modules if m.startswith(heavy)}), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": src})
+    assert "explore" in proc.stdout
+    assert proc.stderr.strip() == "[]"

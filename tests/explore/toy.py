@@ -15,6 +15,8 @@ It also provides the backend interface of ``luosim.explore.cli``
 (``run``, ``load_scenario``, ``scenario_from_dict``, ``check_policy``,
 ``ScenarioError``); select it with ``LUOSIM_EXPLORE_BACKEND=tests.explore.toy``.
 The fault points are registered by :func:`register` (see conftest.py).
+Like FaultInjector.hit, a hit no plan targets asks the fork explorer's
+branch hook (luosim.faults.branch).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from luosim.faults import REGISTRY, Fault, FaultPoint
+from luosim.faults import REGISTRY, Fault, FaultPoint, branch
 from luosim.scenario.result import InvariantResult, RunResult
 
 POINTS = {
@@ -85,7 +87,7 @@ def run(scenario: Mapping[str, Any], *, faults: tuple[Fault, ...] = (),
 
     def hit(name: str) -> str | None:
         reached[name] += 1
-        f = plan.get((name, reached[name]))
+        f = plan.get((name, reached[name])) or branch(name, reached[name])
         if f is not None:
             fired.append(f.label())
         emit("hit", name, n=reached[name], effect=f.effect if f else None)
@@ -128,10 +130,12 @@ def run(scenario: Mapping[str, Any], *, faults: tuple[Fault, ...] = (),
 
 def bad_run(scenario: Mapping[str, Any], *, faults: tuple[Fault, ...] = (),
             policy: Mapping[str, str] | None = None) -> RunResult:
-    """A runner with a modelling bug: crashes whenever toy.b fails."""
-    if any(f.point == "toy.b" for f in faults):
+    """A runner with a modelling bug: crashes whenever toy.b fails (also when
+    the fork explorer injected the failure, not only when it is planned)."""
+    result = run(scenario, faults=faults, policy=policy)
+    if any(label.startswith("toy.b") for label in result.fired):
         raise KeyError("oops")
-    return run(scenario, faults=faults, policy=policy)
+    return result
 
 
 _calls = {"n": 0}

@@ -12,6 +12,57 @@ from typing import Any
 
 from luosim.abi.pci import parse_bdf
 from luosim.check.invariants import CheckContext, invariant
+from luosim.hw.iommu import CONTEXT_ENTRY_SIZE, NR_DEVFNS, ContextEntry
+from luosim.hw.memory import PAGE_SIZE
+
+Entries = dict[tuple[int, int], tuple[int, int]]  # (segment, RID) -> (pgtable, DID)
+_CACHE_LIMIT = 256  # distinct table pages remembered per run
+
+
+def _present_entries(ctx: CheckContext, iommu: Any) -> Entries:
+    """Every present context entry of every unit with a root table (the
+    ``IommuHardware.context_entries`` walk), decoded once per distinct table
+    contents.
+
+    The invariant runs after every step while the tables rarely change; the
+    cache is keyed by the bytes of each root and context-table page, not by a
+    write counter, so a DMA write, scrub or corruption that lands on a table
+    page is seen exactly like a driver's write.
+    """
+    cache: dict[bytes, Any] = ctx.extra.setdefault("iommu_table_cache", {})
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+    mem = iommu.memory
+    out: Entries = {}
+    for unit in iommu.units:
+        if not unit.root_table_set:
+            continue
+        root = unit.rtaddr
+        if root % PAGE_SIZE or root + PAGE_SIZE > mem.size:
+            continue  # context_tables() lists none for a root table outside RAM
+        raw_root = b"R" + mem.read(root, PAGE_SIZE)
+        tables = cache.get(raw_root)
+        if tables is None:
+            tables = cache[raw_root] = tuple(iommu.context_tables(unit).items())
+        for bus, ct in tables:
+            raw = b"C" + mem.read(ct, PAGE_SIZE)
+            decoded = cache.get(raw)
+            if decoded is None:
+                decoded = cache[raw] = tuple(_decode_context_table(raw[1:]))
+            for devfn, pgtable, did in decoded:
+                out[(unit.segment, bus << 8 | devfn)] = (pgtable, did)
+    return out
+
+
+def _decode_context_table(raw: bytes) -> list[tuple[int, int, int]]:
+    """(devfn, pgtable, DID) of each present entry of one context-table page."""
+    found = []
+    for devfn in range(NR_DEVFNS):
+        off = devfn * CONTEXT_ENTRY_SIZE
+        e = ContextEntry.decode(raw[off:off + CONTEXT_ENTRY_SIZE])
+        if e.present:
+            found.append((devfn, e.pgtable, e.domain_id))
+    return found
 
 
 def _preserved_rids(ctx: CheckContext) -> dict[tuple[int, int], str]:
@@ -27,14 +78,8 @@ def snapshot_iommu_at_jump(ctx: CheckContext) -> None:
     iommu = getattr(ctx.machine, "iommu", None)
     if iommu is None:
         return
-    entries: dict[tuple[int, int], tuple[int, int]] = {}
-    enabled: dict[int, bool] = {}
-    for unit in iommu.units:
-        enabled[unit.reg_base] = unit.translation_enabled
-        if not unit.root_table_set:
-            continue
-        for bus, devfn, e in iommu.context_entries(unit):
-            entries[(unit.segment, bus << 8 | devfn)] = (e.pgtable, e.domain_id)
+    enabled = {unit.reg_base: unit.translation_enabled for unit in iommu.units}
+    entries = _present_entries(ctx, iommu)
     ctx.extra["iommu_at_jump"] = {"entries": entries, "enabled": enabled,
                                   "time": ctx.machine.clock.now_ns}
     ctx.extra["iommu_jump_checked"] = False  # once per jump (consecutive updates)
@@ -80,11 +125,7 @@ def iommu_handover(ctx: CheckContext) -> str | None:
         off = [t for t, on in unit.te_history if t >= snap["time"] and not on]
         if off:
             return f"unit {unit.reg_base:#x} turned translation off at {off[0]} ns after kexec"
-    now: dict[tuple[int, int], tuple[int, int]] = {}
-    for unit in iommu.units:
-        if unit.root_table_set:
-            for bus, devfn, e in iommu.context_entries(unit):
-                now[(unit.segment, bus << 8 | devfn)] = (e.pgtable, e.domain_id)
+    now = _present_entries(ctx, iommu)
     # devices whose retrieved iommufd took them over (IOMMU phase 2) may be moved
     # to a new HWPT by their owner; their preserved DID may then be reused
     rebound = _taken_over(k, preserved)

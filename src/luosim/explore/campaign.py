@@ -9,7 +9,7 @@ same under two policies and lists the plans whose outcome class differs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from luosim.explore.classify import Group, classify, summarize
@@ -142,12 +142,13 @@ def _enumerate(spec: RunSpec, depth: int, effects: str, executor: Executor,
     """Run the fault-free plan, then depth-1 (and depth-2) plans; records by plan."""
     tracker.expect(1)
     # Inline: it also imports the runner here, which declares the fault points.
-    baseline = run_one(spec, ())
+    # Call sites are recorded only in runs whose reached map makes plans.
+    baseline = run_one(replace(spec, sites=True), ())
     tracker.finish(1)
     records: dict[Plan, RunRecord] = {(): baseline}
     d1 = depth1_plans(baseline.reached_map, effects)
     tracker.expect(len(d1))
-    for rec in _run_batch(executor, spec, d1, tracker):
+    for rec in _run_batch(executor, replace(spec, sites=depth >= 2), d1, tracker):
         records[rec.plan] = rec
     if depth >= 2:
         d2 = depth2_plans(((p[0], records[p].reached_map) for p in d1), effects)

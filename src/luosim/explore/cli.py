@@ -29,33 +29,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from luosim.explore.campaign import Comparison, Exploration, ExploreError, compare, explore
-from luosim.explore.classify import Group
-from luosim.explore.executors import (
-    DaskExecutor,
-    Executor,
-    LocalExecutor,
-    Progress,
-    RunCrash,
-    Runner,
-    ScenarioFactory,
-    cpu_count,
-    declare_fault_points,
-    default_runner,
-    default_scenario_factory,
-)
-from luosim.explore.plans import EFFECT_FILTERS, format_plan
-from luosim.explore.trace import TraceError, load_trace, replay, save_trace
+if TYPE_CHECKING:  # the heavy modules load inside the commands: `luosim --help` stays fast
+    from rich.console import Console
+    from rich.table import Table
+
+    from luosim.explore.campaign import Comparison, Exploration
+    from luosim.explore.classify import Group
+    from luosim.explore.executors import Executor, Progress, Runner, ScenarioFactory
 
 BACKEND_ENV = "LUOSIM_EXPLORE_BACKEND"
 DEFAULT_TRACE_DIR = Path("luosim-traces")
+EFFECT_FILTERS = ("errno", "corrupt", "all")  # luosim.explore.plans.EFFECT_FILTERS
 OUTCOME_STYLE = {"ok": "green", "refused": "yellow", "panic": "magenta", "unsafe": "bold red"}
 
 
@@ -75,6 +63,7 @@ BACKEND: Backend | None = None
 
 
 def _real_load(path: str) -> Any:
+    from luosim.explore.executors import declare_fault_points
     declare_fault_points()  # the schema validates `faults:` against the registry
     return importlib.import_module("luosim.scenario.schema").load_scenario(path)
 
@@ -93,6 +82,7 @@ def get_backend() -> Backend:
         return Backend(mod.run, mod.scenario_from_dict, mod.load_scenario,
                        getattr(mod, "check_policy", None),
                        (err,) if isinstance(err, type) else ())
+    from luosim.explore.executors import default_runner, default_scenario_factory
     errors: tuple[type[BaseException], ...] = ()
     try:
         errors = (importlib.import_module("luosim.scenario.schema").ScenarioError,)
@@ -141,6 +131,7 @@ def parse_depth(text: str) -> int:
 
 
 def parse_jobs(text: str) -> int:
+    from luosim.explore.executors import cpu_count
     t = text.strip().lower()
     if t in ("auto", "all", "0"):
         return cpu_count()
@@ -169,16 +160,19 @@ def load_scenario_arg(backend: Backend, file: str | None) -> Any:
 
 
 def _executor(kind: str | None, scheduler: str | None, jobs: int,
-              jobs_given: bool) -> Executor:
+              jobs_given: bool, fork: bool = True) -> Executor:
+    from luosim.explore.executors import DaskExecutor, LocalExecutor
+    from luosim.explore.forking import ForkExecutor, fork_available
     kind = kind or ("dask" if scheduler else "local")
     if kind not in ("local", "dask"):
         raise BadInput(f"--executor must be local or dask, got {kind!r}")
+    fork = fork and fork_available()
     if kind == "local":
         if scheduler:
             raise BadInput("--scheduler needs --executor dask")
-        return LocalExecutor(jobs)
+        return ForkExecutor(jobs) if fork else LocalExecutor(jobs)
     try:
-        return DaskExecutor(scheduler, n_workers=jobs if jobs_given else None)
+        return DaskExecutor(scheduler, n_workers=jobs if jobs_given else None, fork=fork)
     except (OSError, TimeoutError, ValueError) as exc:
         raise BadInput(f"cannot use Dask scheduler {scheduler or '(local cluster)'}: "
                        f"{_one_line(str(exc))}") from None
@@ -186,6 +180,7 @@ def _executor(kind: str | None, scheduler: str | None, jobs: int,
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
+    from rich.console import Console
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
         yield None
@@ -216,6 +211,7 @@ def _slug(text: str, limit: int = 48) -> str:
 
 def write_traces(exploration: Exploration, directory: Path, prefix: str = "") -> dict[str, Path]:
     """Save every unsafe group's shortest-plan trace; signature -> path."""
+    from luosim.explore.trace import save_trace
     paths: dict[str, Path] = {}
     for i, g in enumerate(exploration.unsafe_groups, 1):
         if g.trace is None:
@@ -234,6 +230,7 @@ def _policy_text(policy: dict[str, str]) -> str:
 
 
 def _summary_table(title: str, summary: dict[str, int]) -> Table:
+    from rich.table import Table
     table = Table(title=title, title_justify="left")
     table.add_column("runs", justify="right")
     for outcome in ("ok", "refused", "panic", "unsafe"):
@@ -243,6 +240,10 @@ def _summary_table(title: str, summary: dict[str, int]) -> Table:
 
 
 def _groups_table(groups: list[Group]) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from luosim.explore.plans import format_plan
     table = Table(title="Outcome groups", title_justify="left")
     table.add_column("outcome")
     table.add_column("runs", justify="right")
@@ -256,6 +257,9 @@ def _groups_table(groups: list[Group]) -> Table:
 
 def _print_unsafe(console: Console, exploration: Exploration, paths: dict[str, Path],
                   label: str = "") -> None:
+    from rich.markup import escape
+
+    from luosim.explore.plans import format_plan
     unsafe = exploration.unsafe_groups
     if not unsafe:
         console.print(f"[green]no unsafe outcome{label}[/]")
@@ -270,6 +274,8 @@ def _print_unsafe(console: Console, exploration: Exploration, paths: dict[str, P
 
 
 def _show_exploration(exploration: Exploration, paths: dict[str, Path]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
     console = Console(highlight=False)
     console.print(f"[bold]luosim explore[/] {escape(exploration.scenario_name)}: "
                   f"depth {exploration.depth}, effects {exploration.effects}, "
@@ -281,6 +287,11 @@ def _show_exploration(exploration: Exploration, paths: dict[str, Path]) -> None:
 
 def _show_comparison(cmp: Comparison, paths_a: dict[str, Path],
                      paths_b: dict[str, Path]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from luosim.explore.plans import format_plan
     console = Console(highlight=False)
     console.print(f"[bold]luosim explore --compare[/] {escape(cmp.a.scenario_name)}: "
                   f"depth {cmp.a.depth}, effects {cmp.a.effects}")
@@ -318,7 +329,7 @@ def explore_cmd(
         help="Compare two policies (each KEY=VALUE[,KEY=VALUE]): list the plans "
              "whose outcome class differs.", show_default=False)] = None,
     jobs: Annotated[str, typer.Option(
-        "--jobs", "-j", help="Worker processes (local), or 'auto' for all cores.")] = "1",
+        "--jobs", "-j", help="Cores to use (local), or 'auto' for all of them.")] = "1",
     executor: Annotated[str | None, typer.Option(
         help="local or dask (default: local; dask when --scheduler is given).",
         show_default=False)] = None,
@@ -332,8 +343,13 @@ def explore_cmd(
         "--fail-on-unsafe", help="Exit 1 when an unsafe group was found.")] = False,
     fmt: Annotated[str, typer.Option(
         "--format", help="rich | json | ktap (KTAP v1: one test per group).")] = "rich",
+    fork: Annotated[bool, typer.Option(
+        "--fork/--no-fork", help="Run each common prefix once and fork at the injection "
+        "points (POSIX); --no-fork runs every plan from scratch.")] = True,
 ) -> None:
     """Explore the fault space of a scenario and classify every outcome."""
+    from luosim.explore.campaign import Comparison, ExploreError, compare, explore
+    from luosim.explore.executors import LocalExecutor, RunCrash
     try:
         if fmt not in ("rich", "json", "ktap"):
             raise BadInput(f"--format must be rich, json or ktap, got {fmt!r}")
@@ -352,7 +368,7 @@ def explore_cmd(
             pols = tuple(parse_policy([p], backend.check_policy, base)
                          for p in compare_policies)
         scenario = load_scenario_arg(backend, file)
-        ex = _executor(executor, scheduler, n_jobs, jobs != "1")
+        ex = _executor(executor, scheduler, n_jobs, jobs != "1", fork)
     except BadInput as exc:
         _fail(str(exc))
     try:
@@ -414,6 +430,7 @@ def replay_cmd(
         show_default=False)] = None,
 ) -> None:
     """Re-run a counterexample trace; exit 0 if it reproduces, 1 if not."""
+    from luosim.explore.trace import TraceError, load_trace, replay
     if trace is None:
         _fail("missing argument TRACE (a trace file)")
     try:
@@ -444,6 +461,10 @@ def replay_cmd(
                          "panic": result.panic, "events": len(result.events)},
         }, indent=2))
     else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        from luosim.explore.plans import format_plan
         console = Console(highlight=False)
         console.print(f"[bold]luosim replay[/] {escape(trace)}: "
                       f"{escape(format_plan(loaded.faults))}")

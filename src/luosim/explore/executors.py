@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from luosim.faults import Fault
+from luosim.faults import Fault, recording_sites
 from luosim.scenario.result import RunResult
 
 Plan = tuple[Fault, ...]
@@ -121,6 +121,8 @@ class RunSpec:
     runner: Runner = default_runner
     scenario_factory: ScenarioFactory = default_scenario_factory
     policy: tuple[tuple[str, str], ...] = ()
+    # record call sites: the runs whose representative occurrences make plans
+    sites: bool = False
 
     @classmethod
     def build(cls, scenario: Any, *, runner: Runner | None = None,
@@ -168,15 +170,21 @@ def run_one(spec: RunSpec, plan: Plan, *, full: bool = False) -> RunRecord:
     """One run of ``plan`` on a freshly rebuilt scenario."""
     try:
         scenario = spec.scenario_factory(spec.scenario)
-        result = spec.runner(scenario, faults=plan, policy=spec.policy_dict)
+        with recording_sites(spec.sites):
+            result = spec.runner(scenario, faults=plan, policy=spec.policy_dict)
     except RunCrash:
         raise
     except Exception as exc:
-        labels = " + ".join(f.label() for f in plan) or "no faults"
-        first = (str(exc).splitlines() or [""])[0]
-        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        raise RunCrash(f"run with {labels} raised {type(exc).__name__}: {first}", kind) from exc
+        raise crash(plan, exc) from exc
     return RunRecord.from_result(plan, result, full=full)
+
+
+def crash(plan: Plan, exc: BaseException) -> RunCrash:
+    """The RunCrash reporting that the run of ``plan`` raised ``exc``."""
+    labels = " + ".join(f.label() for f in plan) or "no faults"
+    first = (str(exc).splitlines() or [""])[0]
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return RunCrash(f"run with {labels} raised {type(exc).__name__}: {first}", kind)
 
 
 def run_chunk(spec: RunSpec, plans: Sequence[Plan], full: bool = False) -> list[RunRecord]:
@@ -309,13 +317,19 @@ class DaskExecutor:
     worker must be able to import ``luosim`` and the runner); with ``client``
     it uses that client (not closed here); with neither it starts a
     ``LocalCluster`` of ``n_workers`` single-threaded worker processes.
+    With ``fork`` (the default) each task explores a subtree: its chunk of
+    plans (consecutive in plan order, so mostly sharing their first fault)
+    runs as one fork tree (luosim.explore.forking) in the worker.
     """
 
     def __init__(self, scheduler_address: str | None = None, *, client: Any = None,
                  n_workers: int | None = None, timeout: str = "10s",
-                 max_chunk: int = 32) -> None:
+                 max_chunk: int | None = None, fork: bool = True) -> None:
         dd: Any = importlib.import_module("dask.distributed")
-        self.max_chunk = max_chunk
+        # a fork tree pays its prefix once per task: few large chunks (about
+        # four per worker); fresh runs gain nothing from size, 32 keeps progress fine
+        self.max_chunk = max_chunk if max_chunk is not None else (1 << 30 if fork else 32)
+        self.fork = fork
         self._cluster: Any = None
         self._owns_client = client is None
         if client is not None:
@@ -345,7 +359,10 @@ class DaskExecutor:
             return []
         chunks = chunked(plans, self._workers(), max_size=self.max_chunk)
         spec_future = self.client.scatter(spec, broadcast=True, hash=False)
-        futures = [self.client.submit(run_chunk, spec_future, chunk, full, pure=False)
+        task: Callable[..., list[RunRecord]] = run_chunk
+        if self.fork:
+            task = importlib.import_module("luosim.explore.forking").fork_chunk
+        futures = [self.client.submit(task, spec_future, chunk, full, pure=False)
                    for chunk in chunks]
         index = {fut.key: i for i, fut in enumerate(futures)}
         results: list[list[RunRecord] | None] = [None] * len(chunks)

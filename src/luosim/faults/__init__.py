@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from luosim.errors import KernelError, errno_value
@@ -113,6 +115,37 @@ def point(name: str, effects: tuple[str, ...] | list[str], doc: str) -> str:
     return name
 
 
+BranchHook = Callable[[str, int], "Fault | None"]
+"""``hook(point, occurrence)``: the fault to inject at a hit no plan targets, or None."""
+
+_record_sites = False
+_branch_hook: BranchHook | None = None
+
+
+@contextmanager
+def recording_sites(on: bool = True) -> Iterator[None]:
+    """Machines created inside record each hit's call site (the explorer's
+    representative occurrences need them; a plain run does not pay for them)."""
+    global _record_sites
+    old, _record_sites = _record_sites, on
+    try:
+        yield
+    finally:
+        _record_sites = old
+
+
+def set_branch_hook(hook: BranchHook | None) -> BranchHook | None:
+    """Install the fork explorer's hook (see luosim.explore.forking); returns the old one."""
+    global _branch_hook
+    old, _branch_hook = _branch_hook, hook
+    return old
+
+
+def branch(name: str, occurrence: int) -> Fault | None:
+    """Ask the installed branch hook whether to inject at this hit."""
+    return _branch_hook(name, occurrence) if _branch_hook is not None else None
+
+
 @dataclass
 class FaultInjector:
     """Shared by every kernel booted on one machine: occurrences span kexecs."""
@@ -122,6 +155,7 @@ class FaultInjector:
     fired: list[tuple[Fault, str]] = field(default_factory=list)
     # point -> runs of consecutive hits from one call site: [first, last, site]
     sites: dict[str, list[list[int | str]]] = field(default_factory=dict)
+    record_sites: bool = field(default_factory=lambda: _record_sites)
 
     def hit(self, name: str, context: str = "") -> str | None:
         """Record a pass through ``name``; return the planned effect, if any."""
@@ -129,16 +163,23 @@ class FaultInjector:
             raise KeyError(f"undeclared fault point {name!r}")
         self.reached[name] += 1
         n = self.reached[name]
-        site = _call_site()
-        runs = self.sites.setdefault(name, [])
-        if runs and runs[-1][2] == site:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n, site])
+        if self.record_sites:
+            site = _call_site()
+            runs = self.sites.setdefault(name, [])
+            if runs and runs[-1][2] == site:
+                runs[-1][1] = n
+            else:
+                runs.append([n, n, site])
         for f in self.plan:
             if f.point == name and f.occurrence == n:
                 self.fired.append((f, context))
                 return f.effect
+        if _branch_hook is not None:
+            forked = _branch_hook(name, n)
+            if forked is not None:  # the fork explorer's child: from here on, this plan
+                self.plan += (forked,)
+                self.fired.append((forked, context))
+                return forked.effect
         return None
 
     def pending(self, name: str, count: int) -> bool:
@@ -193,6 +234,8 @@ class FaultInjector:
         yet / everything but the last) and every distinct caller.
         """
         out: dict[str, tuple[int, ...]] = {}
+        if not self.record_sites:  # not asked for: callers fall back to hit counts
+            return out
         for name, runs in self.sites.items():
             if self.reached[name] <= EVERY_OCCURRENCE_UP_TO:
                 out[name] = tuple(range(1, self.reached[name] + 1))
