@@ -165,6 +165,13 @@ def _receive(node: _Node, data: bytes) -> None:
         node.progress(min(len(node.records), node.total - 1), node.total)
 
 
+def _targets(name: str) -> list[int]:
+    """Occurrences of ``name`` some pending plan of this process injects at (bulk
+    paths of the model go per item around them, so the hook sees each one)."""
+    node = _node
+    return [] if node is None else [o for (p, o) in node.index if p == name]
+
+
 def _hook(name: str, occurrence: int) -> Fault | None:
     """The branch hook: fork a child per fault some pending plan has here."""
     node = _node
@@ -262,7 +269,7 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
     root = _Node(pending, tokens, jobs, progress=progress, total=total)
     root.reindex()
     _node = root
-    old_hook = set_branch_hook(_hook)
+    old_hook = set_branch_hook(_hook, _targets)
     sys.stdout.flush()
     sys.stderr.flush()
     result: Any = None
@@ -286,7 +293,7 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
     except Exception as exc:
         raise crash(min(pending, key=_plan_key), exc) from exc
     finally:
-        set_branch_hook(old_hook)
+        set_branch_hook(*old_hook)
         _node = None
         try:
             _give_token(root)  # the children still running may need it

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -118,8 +118,12 @@ def point(name: str, effects: tuple[str, ...] | list[str], doc: str) -> str:
 BranchHook = Callable[[str, int], "Fault | None"]
 """``hook(point, occurrence)``: the fault to inject at a hit no plan targets, or None."""
 
+BranchTargets = Callable[[str], Iterable[int]]
+"""``targets(point)``: the occurrences of ``point`` at which the hook may inject."""
+
 _record_sites = False
 _branch_hook: BranchHook | None = None
+_branch_targets: BranchTargets | None = None
 
 
 @contextmanager
@@ -134,11 +138,23 @@ def recording_sites(on: bool = True) -> Iterator[None]:
         _record_sites = old
 
 
-def set_branch_hook(hook: BranchHook | None) -> BranchHook | None:
-    """Install the fork explorer's hook (see luosim.explore.forking); returns the old one."""
-    global _branch_hook
-    old, _branch_hook = _branch_hook, hook
+def set_branch_hook(hook: BranchHook | None, targets: BranchTargets | None = None
+                    ) -> tuple[BranchHook | None, BranchTargets | None]:
+    """Install the fork explorer's hook (see luosim.explore.forking) and the
+    occurrences it targets; returns the old pair (``set_branch_hook(*old)``)."""
+    global _branch_hook, _branch_targets
+    old = (_branch_hook, _branch_targets)
+    _branch_hook, _branch_targets = hook, targets
     return old
+
+
+def _branch_within(name: str, lo: int, hi: int) -> bool:
+    """Whether the branch hook may inject at an occurrence in (lo, hi] of ``name``."""
+    if _branch_hook is None:
+        return False
+    if _branch_targets is None:  # targets unknown: every bulk path goes per item
+        return True
+    return any(lo < o <= hi for o in _branch_targets(name))
 
 
 def branch(name: str, occurrence: int) -> Fault | None:
@@ -186,13 +202,16 @@ class FaultInjector:
         """Whether a planned fault fires within the next ``count`` hits of ``name``
         (bulk paths then take the per-item path so the fault lands exactly)."""
         n0 = self.reached[name]
-        return any(f.point == name and n0 < f.occurrence <= n0 + count for f in self.plan)
+        return (any(f.point == name and n0 < f.occurrence <= n0 + count for f in self.plan)
+                or _branch_within(name, n0, n0 + count))
 
     def hit_many(self, name: str, count: int, context: str = "") -> tuple[int, str] | None:
         """``count`` consecutive :meth:`hit` of ``name`` from one call site, in bulk.
 
         Returns (0-based position, effect) of the first planned fault among
         them; the hits after it are not recorded (the caller stops there).
+        Callers check :meth:`pending` first: a hit the fork explorer branches
+        at must go through :meth:`hit`.
         """
         if name not in REGISTRY:
             raise KeyError(f"undeclared fault point {name!r}")
@@ -203,12 +222,13 @@ class FaultInjector:
                    key=lambda f: f.occurrence, default=None)
         n = n0 + count if fire is None else fire.occurrence
         self.reached[name] = n
-        site = _call_site()
-        runs = self.sites.setdefault(name, [])
-        if runs and runs[-1][2] == site:
-            runs[-1][1] = n
-        else:
-            runs.append([n0 + 1, n, site])
+        if self.record_sites:
+            site = _call_site()
+            runs = self.sites.setdefault(name, [])
+            if runs and runs[-1][2] == site:
+                runs[-1][1] = n
+            else:
+                runs.append([n0 + 1, n, site])
         if fire is None:
             return None
         self.fired.append((fire, context))
