@@ -1,7 +1,7 @@
 """The ``luosim`` command line (typer + rich).
 
-Exit codes: 0 ok, 1 the run ended refused/panic/unsafe (or a replay
-diverged), 2 bad input (one line on stderr, no traceback).
+Exit codes: see luosim.exitcodes (0 ok, 1 the run ended refused/panic/unsafe
+or a replay diverged, 2 bad input, 3 a bug in luosim, 4 a host error).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from luosim.faults import Fault
 
@@ -110,8 +111,11 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
         faults = tuple(Fault.parse(f) for f in fault or [])
     except ValueError as exc:
         fail(f"--fault: {exc}")
-    if dump is not None and dump.exists() and not dump.is_dir():
-        fail(f"--dump-handover {dump}: not a directory")
+    if dump is not None:
+        from luosim.inputs import host_path_problem
+        problem = host_path_problem(dump)
+        if problem:
+            fail(f"--dump-handover {dump}: {problem}", 4)
     _run_and_report(scenario, pol, faults, as_json, file.name, dump)
 
 
@@ -148,23 +152,24 @@ def inspect(file: Annotated[Path, typer.Argument(help="A hand-over blob or debug
                              "memfd | kho-data")] = "auto",
             as_json: JsonOpt = False) -> None:
     """Decode a real or simulated hand-over blob (FDT or packed struct)."""
+    from luosim.inputs import MAX_BLOB_BYTES, read_regular_file
     from luosim.inspect.decode import InspectError, decode_blob
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror or exc}")
+    data = read_regular_file(file, MAX_BLOB_BYTES)
     try:
         report = decode_blob(data, kind)
     except InspectError as exc:
         if exc.classification == "bad-argument":
             fail(f"--as: {exc}")
-        out.print(f"[bold red]{file}: {exc.classification}[/]: {exc}", soft_wrap=True)
+        out.print(f"[bold red]{escape(str(file))}: {exc.classification}[/]: {escape(str(exc))}",
+                  soft_wrap=True)
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         from luosim.inspect.decode import render_report
         render_report(report, out)
+    if report.get("findings"):  # decodes, but no kernel wrote it: exit 1 like a decode error
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -202,8 +207,6 @@ _mount_explorer()
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("luosim: interrupted")
-        sys.exit(130)
+    """Entry point: exit codes per luosim.exitcodes (0 ok, 1 model, 2 input, 3 bug, 4 host)."""
+    from luosim.exitcodes import guarded
+    sys.exit(guarded(app))

@@ -63,3 +63,16 @@ def errno_value(name: str) -> int:
         raise ValueError(f"unknown errno name {name!r}")
     return val
 
+
+
+class HostError(Exception):
+    """The host failed luosim (I/O of an output file, ...): exit code 4.
+
+    Deliberately not an ``OSError``: the runner turns a modelled kernel's
+    ``OSError`` into the outcome ``refused``, and a full disk on the host is
+    not the model refusing anything.
+    """
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err

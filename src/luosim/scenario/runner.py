@@ -18,7 +18,7 @@ import luosim.check.rules_core  # noqa: F401
 from luosim.check.invariants import CheckContext, Checker, PfnRanges
 from luosim.check.rules_iommu import snapshot_iommu_at_jump
 from luosim.check.rules_pci import snapshot_at_jump
-from luosim.errors import KernelError, KernelPanic, errname
+from luosim.errors import HostError, KernelError, KernelPanic, errname
 from luosim.faults import Fault, point
 from luosim.hw.machine import Machine
 from luosim.hw.memory import PAGE_SHIFT
@@ -309,7 +309,12 @@ class Run:
         if self.dump_handover is not None and self.machine.kho_data is not None:
             from luosim.inspect.dump import dump_handover
             out = self.dump_handover / f"kexec{self.ctx.kexecs + 1}"
-            for line in dump_handover(self.machine.memory, self.machine.kho_data, out):
+            try:
+                lines = dump_handover(self.machine.memory, self.machine.kho_data, out)
+            except OSError as exc:  # the host's file system, not the model: exit 4
+                raise HostError(f"--dump-handover {out}: {exc.strerror or exc}",
+                                exc.errno) from None
+            for line in lines:
                 self.machine.emit("machine", "dump", "handover", f"{out}/{line}")
         self._environment_faults()
         old = self.machine.current  # still the old kernel: it just jumped
