@@ -16,9 +16,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from luosim.exitcodes import GuardedGroup
 from luosim.faults import Fault
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=GuardedGroup,
                   help="luosim: an executable, byte-exact model of Linux Live Update.")
 out = Console(highlight=False, emoji=False)
 err = Console(stderr=True, highlight=False, emoji=False)
@@ -100,7 +102,7 @@ def demo(policy: PolicyOpt = None, as_json: JsonOpt = False) -> None:
 def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
             policy: PolicyOpt = None, as_json: JsonOpt = False,
             fault: Annotated[list[str] | None, typer.Option(
-                "--fault", help="Inject POINT[#N]=EFFECT (repeatable).")] = None,
+                "--fault", help=r"Inject POINT\[#N]=EFFECT (repeatable).")] = None,
             dump: Annotated[Path | None, typer.Option(
                 "--dump-handover", help="Write each kexec's hand-over blobs (kho_data, "
                 "kho/out/fdt, sub_fdts, LUO FLB data) under this folder.")] = None) -> None:
@@ -130,11 +132,13 @@ def faults_cmd(as_json: JsonOpt = False) -> None:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
     t = Table(title=f"{len(catalog)} fault points (POINT#N=EFFECT)")
-    for col in ("point", "effects", "models"):
-        t.add_column(col)
+    t.add_column("point", no_wrap=True)  # names are what users type: never cut
+    t.add_column("effects", overflow="fold")
+    t.add_column("models", overflow="fold", ratio=1)
     for fp in sorted(catalog.values(), key=lambda f: f.name):
-        t.add_row(fp.name, ", ".join(fp.effects), fp.doc)
+        t.add_row(Text(fp.name), Text(", ".join(fp.effects)), Text(fp.doc))
     out.print(t)
 
 

@@ -23,7 +23,11 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
+
+import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from luosim.errors import HostError
 from luosim.inputs import InputError
@@ -50,32 +54,50 @@ def bug_message(exc: BaseException) -> str:
     return f"internal error (a bug in luosim): {type(exc).__name__}: {first}; {where}"
 
 
+def exit_code_of(exc: BaseException, stderr: TextIO | None = None) -> int:
+    """Print one line for an exception that escaped a command; return its exit code."""
+    err = stderr or sys.stderr
+    if isinstance(exc, InputError):
+        for line in str(exc).splitlines():
+            print(f"luosim: {line}", file=err)
+        return BAD_INPUT
+    if isinstance(exc, HostError):
+        print(f"luosim: {exc}", file=err)
+        return HOST
+    if isinstance(exc, KeyboardInterrupt):
+        print("luosim: interrupted", file=err)
+        return 130
+    if isinstance(exc, OSError) and not hasattr(exc, "detail"):
+        # a host call failed outside the model (a KernelError carries .detail)
+        name = getattr(exc, "filename", None)
+        print(f"luosim: {str(name) + ': ' if name else ''}{exc.strerror or exc}", file=err)
+        return HOST
+    print(f"luosim: {bug_message(exc)}", file=err)
+    return BUG
+
+
+class GuardedGroup(TyperGroup):
+    """The root command group: whatever a command lets escape becomes one line
+    and an exit code of the table above, under ``CliRunner`` as on a terminal."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as exc:
+            raise typer.Exit(exit_code_of(exc)) from None
+
+
 def guarded(fn: Callable[[], object], stderr: TextIO | None = None) -> int:
     """Run a command; map what escapes it to the exit-code table."""
-    err = stderr or sys.stderr
     try:
         fn()
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except InputError as exc:
-        for line in str(exc).splitlines():
-            print(f"luosim: {line}", file=err)
-        return BAD_INPUT
-    except HostError as exc:
-        print(f"luosim: {exc}", file=err)
-        return HOST
-    except KeyboardInterrupt:
-        print("luosim: interrupted", file=err)
-        return 130
     except BrokenPipeError:
         return HOST
-    except Exception as exc:
-        if isinstance(exc, OSError) and not hasattr(exc, "detail"):
-            # a host call failed outside the model (KernelError carries .detail)
-            name = getattr(exc, "filename", None)
-            print(f"luosim: {name + ': ' if name else ''}{exc.strerror or exc}", file=err)
-            return HOST
-        print(f"luosim: {bug_message(exc)}", file=err)
-        return BUG
+    except (Exception, KeyboardInterrupt) as exc:
+        return exit_code_of(exc, stderr)
     return OK

@@ -60,6 +60,8 @@ class RunResult:
     pci_after: list[dict[str, Any]] = field(default_factory=list)
     preserved_objects: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    # things the user asked for that did not happen, e.g. a planned fault never reached
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -90,6 +92,7 @@ class RunResult:
             "invariants": [i.as_dict() for i in self.invariants],
             "events": self.events,
             "devices": [d.as_dict() for d in self.devices],
+            "warnings": list(self.warnings),
         }
 
 

@@ -133,6 +133,13 @@ class Run:
         self.result.reached = self.machine.faults.reached.copy()
         self.result.occurrences = self.machine.faults.representative_occurrences()
         self.result.fired = [f.label() for f, _ctx in self.machine.faults.fired]
+        fired = {f for f, _ctx in self.machine.faults.fired}
+        for f in self.machine.faults.plan:
+            if f not in fired:  # say so: a silent no-op plan looks like a passed test
+                hits = self.machine.faults.reached[f.point]
+                self.result.warnings.append(
+                    f"fault {f.label()} was never reached ({f.point} was hit {hits} "
+                    f"time{'s' if hits != 1 else ''} in this run)")
         dma = getattr(self.machine, "dma", None)
         if dma is not None:
             self.result.stats["dma_records"] = len(dma.records)

@@ -250,10 +250,12 @@ class MachineSpec(_Model):
 
 
 def _check_depth(where: str, devices: list[DeviceSpec] | list[PortSpec], depth: int) -> None:
+    """Bridges nested at most MAX_BRIDGE_DEPTH deep (recursion bounded by the YAML nesting cap)."""
     if depth > MAX_BRIDGE_DEPTH:
         raise ValueError(f"{where}: bridges nested deeper than {MAX_BRIDGE_DEPTH} levels")
     for i, d in enumerate(devices):
-        _check_depth(f"{where}[{i}].children", d.children, depth + 1)
+        if isinstance(d, DeviceSpec | PortSpec):
+            _check_depth(f"{where}[{i}].children", d.children, depth + 1)
         if isinstance(d, DeviceSpec):
             _check_depth(f"{where}[{i}].ports", d.ports, depth + 1)
 
