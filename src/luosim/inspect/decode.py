@@ -42,6 +42,8 @@ def _fields(obj: Any) -> dict[str, Any]:
             out[f.name] = hex(v) if pointer else v
         elif isinstance(v, bytes):
             out[f.name] = v.hex()
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out[f.name] = _fields(v)
         elif isinstance(v, (list, tuple)):
             out[f.name] = [_fields(x) if dataclasses.is_dataclass(x) else x for x in v]
         else:
