@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from luosim.errors import KernelError, errno_value
@@ -74,7 +75,11 @@ _DECLARING_MODULES = (
     "luosim.kernel.vfio.pci",
     "luosim.userspace.agent",
     "luosim.scenario.runner",
+    "luosim.hw.machine",
 )
+
+CATALOG_HOOKS: list[Callable[[], object]] = []
+"""Run by :func:`load_catalog` after the imports (declarations that need a boot)."""
 
 
 def load_catalog() -> dict[str, FaultPoint]:
@@ -94,9 +99,11 @@ def load_catalog() -> dict[str, FaultPoint]:
         except ModuleNotFoundError as exc:
             if exc.name != mod:
                 raise
-    # handlers and FLBs declare their per-op points when a kernel registers them
-    from luosim.hw.machine import Machine
-    Machine.from_topology({}).boot("v7")
+    # handlers and FLBs declare their per-op points when a kernel registers them:
+    # hw.machine (imported above) hooks a throw-away boot in here, so this
+    # package imports nothing of hw/ or kernel/ itself (no import cycle)
+    for hook in CATALOG_HOOKS:
+        hook()
     return REGISTRY
 
 

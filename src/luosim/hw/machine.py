@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from luosim.abi.errors import DecodeError
 from luosim.abi.kho import KhoData, KhoScratch, decode_root_fdt, walk_radix_tree
-from luosim.faults import Fault, FaultInjector
+from luosim.faults import CATALOG_HOOKS, Fault, FaultInjector
 from luosim.hw.clock import SimClock
 from luosim.hw.iommu import IommuHardware
 from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
@@ -165,3 +165,11 @@ class Machine:
                   f"kexec #{self.kexec_count}: {preserved_pages} preserved pages kept, "
                   "all other memory scrubbed", preserved_pages=preserved_pages)
         self.stage("kexec-jump")
+
+
+def _declare_per_kernel_points() -> None:
+    """Handlers and FLBs declare their per-op fault points when a kernel registers them."""
+    Machine.from_topology({}).boot("v7")
+
+
+CATALOG_HOOKS.append(_declare_per_kernel_points)

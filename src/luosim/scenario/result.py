@@ -15,19 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from luosim.check.result import InvariantResult
+
+__all__ = ["OUTCOMES", "DeviceResult", "InvariantResult", "RunResult"]
+
 OUTCOMES = ("ok", "refused", "panic", "unsafe")
-
-
-@dataclass(frozen=True)
-class InvariantResult:
-    id: str
-    ok: bool
-    detail: str
-    spec: str = ""
-    step: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "ok": self.ok, "detail": self.detail}
 
 
 @dataclass(frozen=True)
