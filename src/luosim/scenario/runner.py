@@ -21,7 +21,7 @@ from luosim.check.rules_pci import snapshot_at_jump
 from luosim.errors import HostError, KernelError, KernelPanic, errname
 from luosim.faults import Fault, point
 from luosim.hw.machine import Machine
-from luosim.hw.memory import PAGE_SHIFT
+from luosim.hw.memory import PAGE_SHIFT, MemoryAccessError
 from luosim.scenario.result import DeviceResult, RunResult
 from luosim.scenario.schema import Scenario
 from luosim.userspace.agent import Agent
@@ -115,9 +115,14 @@ class Run:
         try:
             self._execute(sc)
             self.result.outcome = "unsafe" if self.checker.broken else "ok"
-        except KernelPanic as p:
+        except (KernelPanic, MemoryAccessError) as p:
+            # kernel code dereferencing a physical address outside RAM (a hand-over
+            # pointer gone bad) takes a page fault in the direct map: an oops, fatal
+            # here (the boot path, or panic_on_oops on a hypervisor host)
+            message = p.message if isinstance(p, KernelPanic) else \
+                f"BUG: unable to handle page fault: {p}"
             self.checker.check("panic")
-            self.result.panic = p.message
+            self.result.panic = message
             self.result.outcome = "unsafe" if self.checker.broken else "panic"
         except _Refused as r:
             self.checker.check(r.step)

@@ -210,7 +210,8 @@ class LuoCore:
             if not self.v5:
                 self.sessions.block_pa = kho.alloc_preserve(LUO_SESSION_BLOCK_SIZE)
                 allocated.append(self.sessions.block_pa)
-            self.liveupdate_number_out = self.liveupdate_number_in + 1
+            # u64 arithmetic: a hand-over claiming 2^64-1 wraps to 0, as in C
+            self.liveupdate_number_out = (self.liveupdate_number_in + 1) & ((1 << 64) - 1)
             k.machine.memory.write(self.out_flb_pa, encode_flb_block([]))
             self._write_blob(0)
             kho.add_subtree(LUO_KHO_ENTRY_NAME, self.out_blob_pa)
