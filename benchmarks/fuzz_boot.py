@@ -16,6 +16,9 @@ the checker runs after every step.  The child reports the outcome class
 (ok / refused / panic / unsafe), or a crash of luosim (any exception out of
 the run, or no answer within --timeout), and exits.
 
+SIGUSR1 stops the campaign early: the running mutants finish and the counts
+so far are printed.
+
 Round 0 tries boundary values of every field (0, 1, all ones, +-1, a flipped
 bit, addresses beyond memory or unaligned, ...); later rounds add random
 values, random u64 words of raw objects and random FDT bytes, until N
@@ -92,6 +95,10 @@ class Campaign:
         buffers: dict[int, bytes] = {}
         self.started = time.perf_counter()
         sent = 0
+
+        def stop(_sig: int, _frame: Any) -> None:  # SIGUSR1: finish the running ones, report
+            self.n = 0
+        signal.signal(signal.SIGUSR1, stop)
         while sent < self.n or running:
             while sent < self.n and len(running) < self.jobs:
                 layer, label, apply = next(stream)
@@ -99,6 +106,7 @@ class Campaign:
                 pid = os.fork()
                 if pid == 0:  # child: mutate, then return into the run
                     os.close(r)
+                    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
                     signal.alarm(max(1, int(self.timeout)))
                     self.child_fd = w
                     self.layer = layer
