@@ -214,3 +214,7 @@ def main() -> None:
     """Entry point: exit codes per luosim.exitcodes (0 ok, 1 model, 2 input, 3 bug, 4 host)."""
     from luosim.exitcodes import guarded
     sys.exit(guarded(app))
+
+
+if __name__ == "__main__":  # python -m luosim.cli
+    main()

@@ -151,6 +151,26 @@ def corrupt_iommu_version(mem: Any, pa: int) -> None:
     edit(mem, IommuFlbSer, pa, version=0xDEAD)
 
 
+def corrupt_luo_session_count(mem: Any, pa: int, v5: bool) -> None:
+    """``luo.handover=corrupt:session-count``: a session count no kernel writes.
+
+    luo-v5: the count of the first KHO block of the session chain
+    (``kho_block_header_ser``); luo-v1: ``luo_session_header_ser.count``.
+    """
+    if v5:
+        edit(mem, KhoBlockHeaderSer, pa, count=0xFFFF)
+    else:
+        edit(mem, LuoSessionHeaderSer, pa, count=0xFFFF)
+
+
+def corrupt_radix_root(mem: Any, root_pa: int) -> None:
+    """``kho.handover=corrupt:radix-node``: the root table's first entry points past RAM.
+
+    Radix-tree nodes are plain tables of u64 physical addresses (no struct).
+    """
+    mem.write(root_pa, _U64.pack((mem.size + PAGE_SIZE) & ~(PAGE_SIZE - 1)))
+
+
 # -- discovery of a whole hand-over (for the fuzzer) ----------------------------------------
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from luosim.abi.kho import (
 )
 from luosim.errors import KernelError
 from luosim.faults import point
+from luosim.faults.mutator import corrupt_radix_root
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
 from luosim.kernel.mm.page_alloc import order_for
 
@@ -446,7 +447,7 @@ class Kho:
                                list(self.subtrees.items()), compatible=compatible)
         self.mem.write(fdt_pa, blob)
         if effect == "corrupt:radix-node":
-            self.mem.write_u64(root, (self.mem.size + PAGE_SIZE) & ~(PAGE_SIZE - 1))
+            corrupt_radix_root(self.mem, root)
         k.printk("info", "kho", f"hand-over: {len(self.preserved)} preserved blocks, "
                  f"subtrees {list(self.subtrees)}")
         return KhoData(fdt_pa, len(blob), scratch_pa, len(scratch_blob)).encode()

@@ -61,6 +61,7 @@ from luosim.abi.luo import (
 )
 from luosim.errors import KernelError
 from luosim.faults import point
+from luosim.faults.mutator import corrupt_luo_session_count
 from luosim.hw.memory import MemoryAccessError
 from luosim.kernel.liveupdate.file import FileHandler, FileManager
 from luosim.kernel.liveupdate.flb import Flb, FlbManager
@@ -266,13 +267,11 @@ class LuoCore:
             self._write_blob(sessions_pa, with_flb=False)
         elif effect == "corrupt:session-count":
             mem = k.machine.memory
-            if self.v5:
-                if sessions_pa:
-                    mem.write_u64(sessions_pa + 8, 0xFFFF)
-                else:
-                    self._write_blob(self.out_blob_pa)  # points at a page that is no block
+            if self.v5 and not sessions_pa:
+                self._write_blob(self.out_blob_pa)  # points at a page that is no block
             else:
-                mem.write_u64(self.sessions.block_pa, 0xFFFF)
+                corrupt_luo_session_count(mem, sessions_pa if self.v5 else
+                                          self.sessions.block_pa, self.v5)
         if not self.v5:
             k.kho.finalize()
         self.serialized = True
