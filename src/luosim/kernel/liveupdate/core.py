@@ -211,7 +211,8 @@ class LuoCore:
             if not self.v5:
                 self.sessions.block_pa = kho.alloc_preserve(LUO_SESSION_BLOCK_SIZE)
                 allocated.append(self.sessions.block_pa)
-            # u64 arithmetic: a hand-over claiming 2^64-1 wraps to 0, as in C
+            # luo_fdt_setup(): `const u64 ln = luo_global.liveupdate_num + 1` wraps at 2^64
+            # (torvalds/linux cab056f2aae7, kernel/liveupdate/luo_core.c)
             self.liveupdate_number_out = (self.liveupdate_number_in + 1) & ((1 << 64) - 1)
             k.machine.memory.write(self.out_flb_pa, encode_flb_block([]))
             self._write_blob(0)
