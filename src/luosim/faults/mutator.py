@@ -72,9 +72,9 @@ MAX_PCI_SER = PAGE_SIZE << 10  # largest kho_alloc_preserve() block (MAX_PAGE_OR
 
 def pci_ser_header(mem: Any, abi: str, pa: int) -> Any:
     """The fixed part of ``struct pci_ser`` (v6: without the slot array)."""
-    if abi == "v6":
-        cls = pci_abi.PciSerV6
-        mx, nr = struct.unpack("<II", mem.read(pa, cls.HEADER_SIZE))
+    if abi == "v6":  # the codec's own header layout (the slot array follows)
+        cls: Any = pci_abi.PciSerV6
+        mx, nr = cls._ST.unpack(mem.read(pa, cls.HEADER_SIZE))
         return mx, nr
     return read_obj(mem, PCI_SER[abi], pa)
 
@@ -119,7 +119,8 @@ def corrupt_pci_ser(mem: Any, abi: str, pa: int, what: str) -> str:
     if what == "nr-devices":
         if abi == "v6":
             mx, nr = pci_ser_header(mem, abi, pa)
-            mem.write(pa, struct.pack("<II", mx, 0 if nr else 1))
+            v6: Any = pci_abi.PciSerV6
+            mem.write(pa, v6._ST.pack(mx, 0 if nr else 1))
         else:
             hdr = read_obj(mem, PCI_SER[abi], pa)
             edit(mem, PCI_SER[abi], pa, nr_devices=0 if hdr.nr_devices else 1)
