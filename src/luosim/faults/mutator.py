@@ -254,12 +254,39 @@ def _luo_targets(mem: Any, pa: int, out: list[Target]) -> None:
         ser = decode_luo_v5(mem.read(pa, 32))
         out.append(Target("luo-fdt", "LUO v5 blob", pa, None, 32))
         flb_pa = ser.flbs_pa or None
+        # luo-v5: sessions, and each session's files, are KHO block chains
+        for i, (_spa, ses) in enumerate(_chain_records(mem, ser.sessions_pa, LuoSessionSer,
+                                                      "luo-session", "session", out)):
+            recs = _chain_records(mem, ses.files, LuoFileSer, "luo-file", f"session {i} file",
+                                  out)
+            for fpa, rec in recs:
+                out.append(Target("luo-file", f"session {i} file {rec.token}", fpa,
+                                  LuoFileSer, LuoFileSer.SIZE))
+                _file_data(mem, rec, out)
     if flb_pa:
         out.append(Target("luo-flb", "flb header", flb_pa, LuoFlbHeaderSer, LuoFlbHeaderSer.SIZE))
         for i, rec in enumerate(decode_flb_block(mem.read(flb_pa, LUO_FLB_BLOCK_SIZE))):
             rpa = flb_pa + LuoFlbHeaderSer.SIZE + i * LuoFlbSer.SIZE
             out.append(Target("luo-flb", f"flb {rec.name}", rpa, LuoFlbSer, LuoFlbSer.SIZE))
             _flb_data(mem, rec, out)
+
+
+def _chain_records(mem: Any, head: int, cls: Any, layer: str, what: str,
+                   out: list[Target]) -> list[tuple[int, Any]]:
+    """Records of a KHO block chain (block headers become targets); (pa, record) each."""
+    recs: list[tuple[int, Any]] = []
+    per_block = (PAGE_SIZE - KhoBlockHeaderSer.SIZE) // cls.SIZE
+    for j, blk in enumerate(pci_block_chain(mem, head)):
+        out.append(Target(layer, f"{what} block {j}", blk, KhoBlockHeaderSer,
+                          KhoBlockHeaderSer.SIZE))
+        count = min(read_obj(mem, KhoBlockHeaderSer, blk).count, per_block)
+        for k in range(count):
+            rpa = blk + KhoBlockHeaderSer.SIZE + k * cls.SIZE
+            recs.append((rpa, read_obj(mem, cls, rpa)))
+    if cls is LuoSessionSer:
+        out.extend(Target(layer, f"{what} {i}", rpa, cls, cls.SIZE)
+                   for i, (rpa, _r) in enumerate(recs))
+    return recs
 
 
 def _file_data(mem: Any, rec: LuoFileSer, out: list[Target]) -> None:
