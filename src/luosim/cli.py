@@ -1,7 +1,7 @@
 """The ``luosim`` command line (typer + rich).
 
-Exit codes: 0 ok, 1 the run ended refused/panic/unsafe (or a replay
-diverged), 2 bad input (one line on stderr, no traceback).
+Exit codes: see luosim.exitcodes (0 ok, 1 the run ended refused/panic/unsafe
+or a replay diverged, 2 bad input, 3 a bug in luosim, 4 a host error).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 import typer
 
 from luosim.cli_profiles import register as _register_profiles
+from luosim.exitcodes import GuardedGroup
 
 if TYPE_CHECKING:  # the model and rich load inside the commands: `luosim --help` stays fast
     from rich.console import Console
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # the model and rich load inside the commands: `luosim --help
 # plain click help: typer's rich help formatter alone imports ~0.1 s of rich
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
+                  cls=GuardedGroup,
                   help="luosim: an executable, byte-exact model of Linux Live Update.")
 
 
@@ -183,8 +185,11 @@ def run_cmd(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
         faults = tuple(Fault.parse(f) for f in fault or [])
     except ValueError as exc:
         fail(f"--fault: {exc}")
-    if dump is not None and dump.exists() and not dump.is_dir():
-        fail(f"--dump-handover {dump}: not a directory")
+    if dump is not None:
+        from luosim.inputs import host_path_problem
+        problem = host_path_problem(dump)
+        if problem:
+            fail(f"--dump-handover {dump}: {problem}", 4)
     _run_and_report(scenario, pol, faults, _format(fmt, as_json), file.name, dump, trace)
 
 
@@ -199,11 +204,13 @@ def faults_cmd(as_json: JsonOpt = False) -> None:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
     t = Table(title=f"{len(catalog)} fault points (POINT#N=EFFECT)")
-    for col in ("point", "effects", "models"):
-        t.add_column(col)
+    t.add_column("point", no_wrap=True)  # names are what users type: never cut
+    t.add_column("effects", overflow="fold")
+    t.add_column("models", overflow="fold", ratio=1)
     for fp in sorted(catalog.values(), key=lambda f: f.name):
-        t.add_row(fp.name, ", ".join(fp.effects), fp.doc)
+        t.add_row(Text(fp.name), Text(", ".join(fp.effects)), Text(fp.doc))
     out.print(t)
 
 
@@ -238,10 +245,8 @@ def inspect(file: Annotated[Path, typer.Argument(
             render_tree(node, _real(out))
             out.print(f"{count_findings(node)} findings", highlight=False)
         return
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror or exc}")
+    from luosim.inputs import MAX_BLOB_BYTES, read_regular_file
+    data = read_regular_file(file, MAX_BLOB_BYTES)
     try:
         report = decode_blob(data, kind)
     except InspectError as exc:
@@ -256,13 +261,17 @@ def inspect(file: Annotated[Path, typer.Argument(
             return
         if exc.classification == "bad-argument":
             fail(f"--as: {exc}")
-        out.print(f"[bold red]{file}: {exc.classification}[/]: {exc}", soft_wrap=True)
+        from rich.markup import escape
+        out.print(f"[bold red]{escape(str(file))}: {exc.classification}[/]: {escape(str(exc))}",
+                  soft_wrap=True)
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         from luosim.inspect.decode import render_report
         render_report(report, _real(out))
+    if report.get("findings"):  # decodes, but no kernel wrote it: exit 1 like a decode error
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -345,11 +354,9 @@ _register_profiles(app)
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("luosim: interrupted")
-        sys.exit(130)
+    """Entry point: exit codes per luosim.exitcodes (0 ok, 1 model, 2 input, 3 bug, 4 host)."""
+    from luosim.exitcodes import guarded
+    sys.exit(guarded(app))
 
 
 if __name__ == "__main__":  # python -m luosim.cli

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from luosim.kernel.kernel import Kernel
+from typing import Any
 
 
 class KernelError(OSError):
@@ -33,9 +30,13 @@ def errname(err: int) -> str:
 
 
 class KernelPanic(Exception):
-    """``panic(msg)``: the kernel stops; ``.kernel`` is the kernel that panicked."""
+    """``panic(msg)``: the kernel stops; ``.kernel`` is the kernel that panicked.
 
-    def __init__(self, message: str, kernel: Kernel | None = None) -> None:
+    ``kernel`` is typed ``Any``: errors.py is the bottom layer and imports
+    nothing of kernel/ (kernel.kernel imports it).
+    """
+
+    def __init__(self, message: str, kernel: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.kernel = kernel
@@ -44,7 +45,7 @@ class KernelPanic(Exception):
 class KernelBug(KernelPanic):
     """``BUG()`` / ``BUG_ON()``: modelled as a panic with a ``BUG:`` prefix."""
 
-    def __init__(self, message: str, kernel: Kernel | None = None) -> None:
+    def __init__(self, message: str, kernel: Any = None) -> None:
         super().__init__(f"BUG: {message}", kernel)
 
 
@@ -63,3 +64,16 @@ def errno_value(name: str) -> int:
         raise ValueError(f"unknown errno name {name!r}")
     return val
 
+
+
+class HostError(Exception):
+    """The host failed luosim (I/O of an output file, ...): exit code 4.
+
+    Deliberately not an ``OSError``: the runner turns a modelled kernel's
+    ``OSError`` into the outcome ``refused``, and a full disk on the host is
+    not the model refusing anything.
+    """
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err

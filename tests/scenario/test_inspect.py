@@ -47,7 +47,7 @@ def test_corrupt_blob_is_classified(tmp_path: Path) -> None:
 
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     res = runner.invoke(app, ["inspect", str(tmp_path / "missing")])
-    assert res.exit_code == 2 and "cannot read" in res.output
+    assert res.exit_code == 2 and "no such file" in res.output
     f = tmp_path / "x"
     f.write_bytes(b"\0" * 32)
     res = runner.invoke(app, ["inspect", str(f), "--as", "nonsense"])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from luosim.scenario.result import InvariantResult
+from luosim.check.result import InvariantResult
 
 if TYPE_CHECKING:
     from luosim.hw.machine import Machine

@@ -7,9 +7,12 @@ Mount on the root typer app with either::
     # or: root.registered_commands.extend(app.registered_commands)
     # or: root.add_typer(app, name="fault")   # -> luosim fault explore ...
 
-Exit codes: 0 exploration completed (unsafe groups are reported, not an
-error, unless ``--fail-on-unsafe``: then 1); 2 bad input (one-line error on
-stderr); 3 the model crashed or was not deterministic.  ``replay`` exits 0
+Exit codes (the table of luosim.exitcodes): 0 exploration completed
+(unsafe groups are reported, not an error, unless ``--fail-on-unsafe``:
+then 1); 2 bad input (one-line error on stderr: a bad scenario, trace,
+policy or option, found before any run); 3 the model crashed or was not
+deterministic (a bug in luosim; a replay's traceback is saved to a file);
+4 a host error (the traces folder cannot be written).  ``replay`` exits 0
 when the run reproduces the trace's outcome, signature and events, else 1.
 
 The scenario backend (loader, ``scenario_from_dict``, runner, policy check)
@@ -32,6 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+from luosim.errors import HostError
+from luosim.exitcodes import bug_message
+from luosim.inputs import InputError, host_path_problem
 
 if TYPE_CHECKING:  # the heavy modules load inside the commands: `luosim --help` stays fast
     from rich.console import Console
@@ -130,13 +137,23 @@ def parse_depth(text: str) -> int:
     return int(text)
 
 
-def parse_jobs(text: str) -> int:
+def parse_jobs(text: str, warn: Callable[[str], None] | None = None) -> int:
+    """``--jobs``: 1..cores or 'auto' (= cores); more is capped to the cores, with a note.
+
+    Workers are processes running CPU-bound runs: more than the cores only
+    multiplies memory.  0 is refused rather than silently meaning 'auto'.
+    """
     from luosim.explore.executors import cpu_count
     t = text.strip().lower()
-    if t in ("auto", "all", "0"):
+    if t in ("auto", "all"):
         return cpu_count()
     if not t.isdigit() or int(t) < 1:
         raise BadInput(f"--jobs must be a positive number or 'auto', got {text!r}")
+    cores = cpu_count()
+    if int(t) > cores:
+        if warn is not None:
+            warn(f"note: --jobs {int(t)} capped to {cores} (the CPUs this process may use)")
+        return cores
     return int(t)
 
 
@@ -181,7 +198,7 @@ def _executor(kind: str | None, scheduler: str | None, jobs: int,
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
     from rich.console import Console
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)
     if not enabled or not console.is_terminal:
         yield None
         return
@@ -276,7 +293,7 @@ def _print_unsafe(console: Console, exploration: Exploration, paths: dict[str, P
 def _show_exploration(exploration: Exploration, paths: dict[str, Path]) -> None:
     from rich.console import Console
     from rich.markup import escape
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     console.print(f"[bold]luosim explore[/] {escape(exploration.scenario_name)}: "
                   f"depth {exploration.depth}, effects {exploration.effects}, "
                   f"policy {escape(_policy_text(exploration.policy))}")
@@ -292,7 +309,7 @@ def _show_comparison(cmp: Comparison, paths_a: dict[str, Path],
     from rich.table import Table
 
     from luosim.explore.plans import format_plan
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     console.print(f"[bold]luosim explore --compare[/] {escape(cmp.a.scenario_name)}: "
                   f"depth {cmp.a.depth}, effects {cmp.a.effects}")
     console.print(f"  A: {escape(_policy_text(cmp.policy_a))}")
@@ -359,7 +376,7 @@ def explore_cmd(
         if effects not in EFFECT_FILTERS:
             raise BadInput(f"--effects must be one of {', '.join(EFFECT_FILTERS)}, "
                            f"got {effects!r}")
-        n_jobs = parse_jobs(jobs)
+        n_jobs = parse_jobs(jobs, lambda m: typer.echo(m, err=True))
         if (executor or "local") not in ("local", "dask"):
             raise BadInput(f"--executor must be local or dask, got {executor!r}")
         base = parse_policy(policy or [], backend.check_policy)
@@ -368,6 +385,9 @@ def explore_cmd(
             pols = tuple(parse_policy([p], backend.check_policy, base)
                          for p in compare_policies)
         scenario = load_scenario_arg(backend, file)
+        problem = host_path_problem(traces)
+        if problem:  # found now, not after the whole exploration
+            raise BadInput(f"--traces {traces}: {problem}")
         ex = _executor(executor, scheduler, n_jobs, jobs != "1", fork)
     except BadInput as exc:
         _fail(str(exc))
@@ -383,8 +403,10 @@ def explore_cmd(
                 result = explore(scenario, n_depth, effects, base, ex, backend.runner,
                                  progress, scenario_factory=backend.scenario_factory)
     except RunCrash as exc:
-        if exc.kind.endswith("ScenarioError"):
+        if exc.kind.endswith(("ScenarioError", "InputError", "TraceError")):
             _fail(str(exc))
+        if exc.kind.endswith("HostError"):
+            _fail(str(exc), 4)
         _fail(f"model crash: {exc}", 3)
     except ExploreError as exc:
         _fail(str(exc), 3)
@@ -402,7 +424,7 @@ def explore_cmd(
             paths_b = {}
             unsafe = bool(result.unsafe_groups)
     except OSError as exc:
-        _fail(f"--traces {traces}: {exc.strerror or exc}")
+        _fail(f"--traces {traces}: {exc.strerror or exc}", 4)
     if as_json or fmt == "ktap":
         data = result.as_json()
         for g in data.get("groups", []):  # where the unsafe groups' traces went
@@ -433,19 +455,28 @@ def replay_cmd(
     from luosim.explore.trace import TraceError, load_trace, replay
     if trace is None:
         _fail("missing argument TRACE (a trace file)")
+    backend = get_backend()
+    bad_scenario: tuple[type[BaseException], ...] = (*backend.scenario_errors, InputError)
     try:
-        backend = get_backend()
         loaded = load_trace(trace)
+        for key, value in loaded.policy.items():
+            if backend.check_policy is not None:
+                backend.check_policy(key, value)
+        scenario = backend.scenario_factory(loaded.scenario)
     except TraceError as exc:
         _fail(str(exc))
-    scenario_errors: tuple[type[BaseException], ...] = backend.scenario_errors
+    except bad_scenario as exc:
+        problems = getattr(exc, "problems", None) or [str(exc)]
+        _fail(f"{trace}: scenario: {'; '.join(map(str, problems))}")
+    except ValueError as exc:  # check_policy
+        _fail(f"{trace}: policy: {exc}")
     try:
         result, same, diff = replay(loaded, backend.runner,
-                                    scenario_factory=backend.scenario_factory)
-    except scenario_errors as exc:
-        _fail(f"{trace}: scenario: {exc}")
+                                    scenario_factory=lambda _data: scenario)
+    except HostError as exc:
+        _fail(str(exc), 4)
     except Exception as exc:
-        _fail(f"model crash replaying {trace}: {type(exc).__name__}: {exc}", 3)
+        _fail(f"model crash replaying {trace}: {bug_message(exc)}", 3)
     if perfetto is not None:
         from luosim.report.trace import write_trace
         try:
@@ -465,7 +496,7 @@ def replay_cmd(
         from rich.markup import escape
 
         from luosim.explore.plans import format_plan
-        console = Console(highlight=False)
+        console = Console(highlight=False, emoji=False)
         console.print(f"[bold]luosim replay[/] {escape(trace)}: "
                       f"{escape(format_plan(loaded.faults))}")
         if same:

@@ -28,6 +28,7 @@ from luosim.explore.executors import (
     default_scenario_factory,
 )
 from luosim.faults import REGISTRY, Fault
+from luosim.inputs import InputError, parse_json, read_text_file
 from luosim.scenario.result import RunResult
 
 TRACE_VERSION = 1
@@ -101,7 +102,7 @@ def parse_trace(data: Any, source: str = "<trace>") -> Trace:
     for key in TRACE_KEYS:
         if key not in data:
             raise TraceError(f"{source}: missing key {key!r}")
-    if data["luosim_trace"] != TRACE_VERSION:
+    if data["luosim_trace"] != TRACE_VERSION or isinstance(data["luosim_trace"], bool):
         raise TraceError(f"{source}: unsupported luosim_trace version {data['luosim_trace']!r}"
                          f" (expected {TRACE_VERSION})")
     types: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -133,19 +134,10 @@ def parse_trace(data: Any, source: str = "<trace>") -> Trace:
 def load_trace(path: str | Path) -> Trace:
     """Read a trace file; :class:`TraceError` (one line) names what is wrong."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TraceError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise TraceError(f"{p}: is a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{p}: cannot read: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{p}: not JSON (line {exc.lineno}, column {exc.colno}: "
-                         f"{exc.msg})") from None
+    try:  # a regular file under the size cap, nesting bounded (luosim.inputs)
+        data = parse_json(read_text_file(p), str(p))
+    except InputError as exc:
+        raise TraceError(str(exc).splitlines()[0]) from None
     return parse_trace(data, str(p))
 
 

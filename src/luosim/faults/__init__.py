@@ -76,7 +76,11 @@ _DECLARING_MODULES = (
     "luosim.kernel.vfio.pci",
     "luosim.userspace.agent",
     "luosim.scenario.runner",
+    "luosim.hw.machine",
 )
+
+CATALOG_HOOKS: list[Callable[[], object]] = []
+"""Run by :func:`load_catalog` after the imports (declarations that need a boot)."""
 
 
 def load_catalog() -> dict[str, FaultPoint]:
@@ -96,9 +100,11 @@ def load_catalog() -> dict[str, FaultPoint]:
         except ModuleNotFoundError as exc:
             if exc.name != mod:
                 raise
-    # handlers and FLBs declare their per-op points when a kernel registers them
-    from luosim.hw.machine import Machine
-    Machine.from_topology({}).boot("v7")
+    # handlers and FLBs declare their per-op points when a kernel registers them:
+    # hw.machine (imported above) hooks a throw-away boot in here, so this
+    # package imports nothing of hw/ or kernel/ itself (no import cycle)
+    for hook in CATALOG_HOOKS:
+        hook()
     return REGISTRY
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from luosim.abi.errors import DecodeError
 from luosim.abi.kho import KhoData, KhoScratch, decode_root_fdt
 from luosim.abi.kho_radix import walk_radix_arrays
-from luosim.faults import Fault, FaultInjector
+from luosim.faults import CATALOG_HOOKS, Fault, FaultInjector
 from luosim.hw.clock import SimClock
 from luosim.hw.iommu import IommuHardware
 from luosim.hw.memory import PAGE_SIZE, PhysicalMemory
@@ -174,3 +174,11 @@ class Machine:
                   f"kexec #{self.kexec_count}: {preserved_pages} preserved pages kept, "
                   "all other memory scrubbed", preserved_pages=preserved_pages)
         self.stage("kexec-jump")
+
+
+def _declare_per_kernel_points() -> None:
+    """Handlers and FLBs declare their per-op fault points when a kernel registers them."""
+    Machine.from_topology({}).boot("v7")
+
+
+CATALOG_HOOKS.append(_declare_per_kernel_points)

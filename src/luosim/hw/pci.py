@@ -40,10 +40,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from luosim.hw.machine import Machine
+
+class EventSink(Protocol):
+    """Where hardware events go (the Machine); typed structurally so hw.pci does
+    not import hw.machine, which imports hw.pci."""
+
+    def emit(self, kernel: str, subsystem: str, kind: str, detail: str,
+             level: str = ..., **data: Any) -> Any: ...
 
 # -- register bits ---------------------------------------------------------------
 CMD_MEM = 1 << 1
@@ -496,7 +501,7 @@ class PciHardware:
     """
 
     def __init__(self, roots: Sequence[PciRootComplex], functions: Mapping[str, PciFunction],
-                 machine: Machine | None = None) -> None:
+                 machine: EventSink | None = None) -> None:
         self.roots: dict[int, PciRootComplex] = {}
         for rc in roots:
             if rc.segment in self.roots:
@@ -508,7 +513,7 @@ class PciHardware:
     # -- construction --
     @classmethod
     def from_topology(cls, topology: Mapping[str, Any],
-                      machine: Machine | None = None) -> PciHardware:
+                      machine: EventSink | None = None) -> PciHardware:
         """Build the PCI hardware of ``topology`` (a scenario's ``machine:``) and power it on.
 
         Raises ``ValueError`` naming the YAML path of the first problem, e.g.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.tree import Tree
 
 from luosim.abi import iommu as iommu_abi
@@ -64,6 +65,8 @@ def _fields(obj: Any) -> dict[str, Any]:
             out[f.name] = _fields(v)
         elif isinstance(v, bytes):
             out[f.name] = v.hex()
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out[f.name] = _fields(v)
         elif isinstance(v, (list, tuple)):
             out[f.name] = [_fields(x) if dataclasses.is_dataclass(x) else x for x in v]
         else:
@@ -129,7 +132,51 @@ def _pci(version: str) -> Callable[[bytes], dict[str, Any]]:
 def _memfd(data: bytes) -> dict[str, Any]:
     cls: Any = memfd_abi.MemfdLuoSerV2 if len(data) >= memfd_abi.MemfdLuoSerV2.SIZE \
         else memfd_abi.MemfdLuoSerV1
-    return {"kind": "memfd", **_fields(cls.decode(data))}
+    ser = cls.decode(data)
+    out = {"kind": "memfd", **_fields(ser)}
+    findings = memfd_findings(ser)
+    if findings:
+        out["findings"] = findings
+    return out
+
+
+MAX_PAGE_ORDER = 10  # include/linux/mmzone.h (x86-64 default, CONFIG_ARCH_FORCE_MAX_ORDER unset)
+FOLIO_SER_SIZE = 16  # struct memfd_luo_folio_ser, include/linux/kho/abi/memfd.h
+
+
+def memfd_findings(ser: Any) -> list[str]:
+    """What no kernel would have written into a ``memfd_luo_ser`` (each one line).
+
+    The packed struct accepts any bytes, so a blob that is not a memfd
+    hand-over decodes; these relations between its fields tell it apart.
+    """
+    out: list[str] = []
+    page = memfd_abi.PAGE_SIZE
+    if ser.pos > ser.size:
+        out.append(f"pos {ser.pos} is beyond size {ser.size}")
+    if ser.size > 1 << 46:
+        out.append(f"size {ser.size} is larger than any memfd (2^46 bytes of address space)")
+    pages = -(-ser.size // page)
+    if ser.nr_folios > pages:
+        out.append(f"nr_folios {ser.nr_folios} is more than the {pages} pages of size "
+                   f"{ser.size}")
+    vm = ser.folios
+    if ser.nr_folios and not vm.first:
+        out.append(f"nr_folios {ser.nr_folios} but folios.first is 0 (no folio array)")
+    if vm.first % page:
+        out.append(f"folios.first {vm.first:#x} is not page aligned")
+    if vm.order > MAX_PAGE_ORDER:
+        out.append(f"folios.order {vm.order} is above MAX_PAGE_ORDER {MAX_PAGE_ORDER}")
+    need = -(-ser.nr_folios * FOLIO_SER_SIZE // page)
+    if vm.total_pages < need:
+        out.append(f"folios.total_pages {vm.total_pages} cannot hold {ser.nr_folios} folio "
+                   f"records ({need} pages)")
+    if isinstance(ser, memfd_abi.MemfdLuoSerV2):
+        if ser.unknown_seals:
+            out.append(f"seals {ser.seals:#x} has unknown bits {ser.unknown_seals:#x}")
+        if ser.flags:
+            out.append(f"flags {ser.flags:#x} must be 0")
+    return out
 
 
 def _kho_data(data: bytes) -> dict[str, Any]:
@@ -198,15 +245,15 @@ def render_report(report: dict[str, Any], console: Console) -> None:
 
     def add(node: Tree, value: Any, label: str) -> None:
         if isinstance(value, dict):
-            sub = node.add(label)
+            sub = node.add(escape(label))
             for k, v in value.items():
                 add(sub, v, str(k))
         elif isinstance(value, list):
-            sub = node.add(f"{label} [{len(value)}]")
+            sub = node.add(escape(f"{label} [{len(value)}]"))
             for i, v in enumerate(value):
                 add(sub, v, f"[{i}]")
         else:
-            node.add(f"{label} = {value}")
+            node.add(escape(f"{label} = {value}"))
 
     for k, v in report.items():
         if k != "kind":

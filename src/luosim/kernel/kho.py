@@ -54,6 +54,7 @@ from luosim.abi.kho import (
 from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
+from luosim.faults.mutator import corrupt_radix_root
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
 from luosim.kernel.mm.page_alloc import order_for
 
@@ -1031,7 +1032,7 @@ class Kho:
                                subtrees, compatible=compatible)
         self.mem.write(fdt_pa, blob)
         if effect == "corrupt:radix-node":
-            self.mem.write_u64(root, (self.mem.size + PAGE_SIZE) & ~(PAGE_SIZE - 1))
+            corrupt_radix_root(self.mem, root)
         k.printk("info", "kho", f"hand-over: {len(self.preserved)} preserved blocks, "
                  f"subtrees {list(self.subtrees)}")
         return KhoData(fdt_pa, len(blob), scratch_pa, len(scratch_blob)).encode()

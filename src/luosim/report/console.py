@@ -1,5 +1,10 @@
 """Rich console report of one run: PCI trees, preserved objects, blackout
-timeline, invariants, outcome.  Reads only a :class:`RunResult`."""
+timeline, invariants, outcome.  Reads only a :class:`RunResult`.
+
+Everything from the model goes in as :class:`~rich.text.Text`, never as a
+markup string: a panic ``BUG: DMAR...`` or a name with ``[...]`` prints as
+written (no markup, no ``:emoji:`` codes) whatever console renders it.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +55,8 @@ def render(result: RunResult, console: Console, *, title: str = "") -> None:
         for col in ("session", "token", "kind", "object", "state"):
             t.add_column(col)
         for o in result.preserved_objects:
-            t.add_row(str(o.get("session", "")), str(o.get("token", "")), str(o.get("kind", "")),
-                      str(o.get("object", "")), str(o.get("state", "")))
+            t.add_row(*(Text(str(o.get(k, ""))) for k in
+                        ("session", "token", "kind", "object", "state")))
         console.print(t)
     if result.devices:
         t = Table(title="Devices")
@@ -59,7 +64,7 @@ def render(result: RunResult, console: Console, *, title: str = "") -> None:
             t.add_column(col)
         for d in result.devices:
             style = "red" if d.name in moved else ""
-            t.add_row(d.name, d.bdf_before or "-", d.bdf_after or "-",
+            t.add_row(Text(d.name), Text(d.bdf_before or "-"), Text(d.bdf_after or "-"),
                       "yes" if d.preserved else "auto (bridge)" if d.auto_preserved else "no",
                       style=style)
         console.print(t)
@@ -71,15 +76,16 @@ def render(result: RunResult, console: Console, *, title: str = "") -> None:
         total = sum(ns for _p, ns in result.phases) or 1
         for phase, ns in result.phases:
             bar = "█" * max(1, round(30 * ns / total)) if ns else ""
-            t.add_row(phase, f"{ns / 1e6:.1f} ms", Text(bar, style="magenta"))
+            t.add_row(Text(phase), f"{ns / 1e6:.1f} ms", Text(bar, style="magenta"))
         console.print(t)
     if result.invariants:
         t = Table(title="Invariants")
         for col in ("id", "result", "detail"):
             t.add_column(col)
         for inv in result.invariants:
-            t.add_row(inv.id, Text("pass", style="green") if inv.ok else Text("FAIL", style="red"),
-                      inv.detail)
+            t.add_row(Text(inv.id),
+                      Text("pass", style="green") if inv.ok else Text("FAIL", style="red"),
+                      Text(inv.detail))
         console.print(t)
     line = Text("outcome: ", style="bold")
     line.append(result.outcome, style=_OUTCOME_STYLE.get(result.outcome, ""))
@@ -90,3 +96,5 @@ def render(result: RunResult, console: Console, *, title: str = "") -> None:
         console.print(Text(f"Kernel panic - not syncing: {result.panic}", style="bold red"))
     if result.error:
         console.print(Text(f"failed: {result.error}", style="yellow"))
+    for warning in result.warnings:
+        console.print(Text(f"warning: {warning}", style="yellow"))

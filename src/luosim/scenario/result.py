@@ -15,19 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from luosim.check.result import InvariantResult
+
+__all__ = ["OUTCOMES", "DeviceResult", "InvariantResult", "RunResult"]
+
 OUTCOMES = ("ok", "refused", "panic", "unsafe")
-
-
-@dataclass(frozen=True)
-class InvariantResult:
-    id: str
-    ok: bool
-    detail: str
-    spec: str = ""
-    step: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "ok": self.ok, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -63,6 +55,8 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
     dma: list[dict[str, Any]] = field(default_factory=list)  # DmaRecord.as_dict() rows
     device_vm: dict[str, str] = field(default_factory=dict)  # assigned device -> VM
+    # things the user asked for that did not happen, e.g. a planned fault never reached
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -100,6 +94,7 @@ class RunResult:
             "preserved_objects": self.preserved_objects,
             "device_vm": self.device_vm,
             "dma": self.dma,
+            "warnings": list(self.warnings),
         }
 
 

@@ -18,10 +18,10 @@ import luosim.check.rules_core  # noqa: F401
 from luosim.check.invariants import CheckContext, Checker, PfnRanges
 from luosim.check.rules_iommu import snapshot_iommu_at_jump
 from luosim.check.rules_pci import snapshot_at_jump
-from luosim.errors import KernelError, KernelPanic, errname
+from luosim.errors import HostError, KernelError, KernelPanic, errname
 from luosim.faults import Fault, point
 from luosim.hw.machine import Machine
-from luosim.hw.memory import PAGE_SHIFT
+from luosim.hw.memory import PAGE_SHIFT, MemoryAccessError
 from luosim.scenario.result import DeviceResult, RunResult
 from luosim.scenario.schema import Scenario
 from luosim.userspace.agent import Agent
@@ -115,9 +115,14 @@ class Run:
         try:
             self._execute(sc)
             self.result.outcome = "unsafe" if self.checker.broken else "ok"
-        except KernelPanic as p:
+        except (KernelPanic, MemoryAccessError) as p:
+            # kernel code dereferencing a physical address outside RAM (a hand-over
+            # pointer gone bad) takes a page fault in the direct map: an oops, fatal
+            # here (the boot path, or panic_on_oops on a hypervisor host)
+            message = p.message if isinstance(p, KernelPanic) else \
+                f"BUG: unable to handle page fault: {p}"
             self.checker.check("panic")
-            self.result.panic = p.message
+            self.result.panic = message
             self.result.outcome = "unsafe" if self.checker.broken else "panic"
         except _Refused as r:
             self.checker.check(r.step)
@@ -133,6 +138,13 @@ class Run:
         self.result.reached = self.machine.faults.reached.copy()
         self.result.occurrences = self.machine.faults.representative_occurrences()
         self.result.fired = [f.label() for f, _ctx in self.machine.faults.fired]
+        fired = {f for f, _ctx in self.machine.faults.fired}
+        for f in self.machine.faults.plan:
+            if f not in fired:  # say so: a silent no-op plan looks like a passed test
+                hits = self.machine.faults.reached[f.point]
+                self.result.warnings.append(
+                    f"fault {f.label()} was never reached ({f.point} was hit {hits} "
+                    f"time{'s' if hits != 1 else ''} in this run)")
         dma = getattr(self.machine, "dma", None)
         if dma is not None:
             self.result.stats["dma_records"] = len(dma.records)
@@ -321,7 +333,12 @@ class Run:
         if self.dump_handover is not None and self.machine.kho_data is not None:
             from luosim.inspect.dump import dump_handover
             out = self.dump_handover / f"kexec{self.ctx.kexecs + 1}"
-            for line in dump_handover(self.machine.memory, self.machine.kho_data, out):
+            try:
+                lines = dump_handover(self.machine.memory, self.machine.kho_data, out)
+            except OSError as exc:  # the host's file system, not the model: exit 4
+                raise HostError(f"--dump-handover {out}: {exc.strerror or exc}",
+                                exc.errno) from None
+            for line in lines:
                 self.machine.emit("machine", "dump", "handover", f"{out}/{line}")
         self._environment_faults()
         old = self.machine.current  # still the old kernel: it just jumped

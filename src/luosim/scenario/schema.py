@@ -6,6 +6,14 @@ what runs on it (``workload``), how the update goes (``update``), optional
 one line per problem, each naming the YAML path::
 
     machine.segments[0].devices[1].slot: expected an integer, got 'x'
+
+Every limit a run would hit is checked here, so a bad file never reaches
+the run (exit 2, not a traceback): machine memory in
+[:data:`MIN_MEMORY`, :data:`MAX_MEMORY`], guest RAM that fits the machine,
+bounded work (:data:`MAX_FOLIOS` guest folios, :data:`MAX_DMA_WRITES` DMA
+writes), tree depth and counts, and the PCI topology itself, built once
+by the hardware model (bus numbers, function 0, slot 0 below a PCIe
+downstream port, SR-IOV routing IDs).
 """
 
 from __future__ import annotations
@@ -13,22 +21,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from luosim.faults import Fault
-from luosim.hw.machine import parse_size
+from luosim.hw.machine import SCRATCH_BASE, parse_size
+from luosim.hw.pci import PciHardware
+from luosim.inputs import MAX_NESTING, InputError, data_depth, load_yaml_file
 from luosim.kernel.profiles import PROFILES, check_policy
 from luosim.scenario.descriptions import describe
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InputError):
     """A scenario that cannot be used; ``problems`` holds one line each."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+# -- limits (bad input, exit 2) ---------------------------------------------------
+MIN_MEMORY = 256 << 20
+"""hw.machine.Machine refuses less (scratch at 16 MiB plus a kernel)."""
+MAX_MEMORY = 64 << 40
+"""64 TiB: above the largest x86 hosts shipped with 4-level paging."""
+MAX_FOLIOS = 1 << 23
+"""Guest-RAM folios per run: a bound on work, not on realistic sizes.  Guest
+RAM is extents (runs of folios), but every folio still has its 16-byte record
+in the memfd folio array and, unless IOVA and physical runs line up for
+superpages, its own IOMMU PTE: 2^23 folios (32 GiB of 4 KiB folios, 16 TiB of
+2 MiB ones) stay within seconds and a few hundred MB."""
+MAX_DMA_WRITES = 4_000_000
+"""Simulated DMA writes per run (~1 us each): rate_per_ms x simulated ms."""
+KERNEL_HEADROOM = 128 << 20
+"""Memory the kernels need besides the scratch area and guest RAM."""
+MAX_BRIDGE_DEPTH = 32
+MAX_SEGMENTS = 16
+MAX_FUNCTIONS = 4096
+MAX_VMS = 512
+MAX_KEXECS = 16
+MAX_FAULTS = 64
+# the runner's simulated time per update besides the blackout (scenario/runner.py:
+# 10 ms guest running, REBOOT_NS 2 ms, DRIVER_INIT_NS 20 ms, 10 ms guest running after)
+_UPDATE_MS = 42.0
+_ENUM_MS_PER_FUNCTION = 0.05
 
 
 class _Model(BaseModel):
@@ -52,7 +83,8 @@ def _hex(v: Any, what: str) -> int:
 
 
 class SriovSpec(_Model):
-    total_vfs: int = Field(ge=1, le=256)
+    # hw/pci.py: a PF's VFs stay on its bus, so routing IDs end at devfn 0xff
+    total_vfs: int = Field(ge=1, le=255)
     vf_offset: int = Field(default=1, ge=1, le=255)
     vf_stride: int = Field(default=1, ge=1, le=255)
 
@@ -169,12 +201,29 @@ class SegmentSpec(_Model):
 class MachineSpec(_Model):
     memory: int | str = 16 << 30
     kho_scratch: int | str = 64 << 20
-    segments: list[SegmentSpec] = Field(default_factory=list)
+    segments: list[SegmentSpec] = Field(default_factory=list, max_length=MAX_SEGMENTS)
 
-    @field_validator("memory", "kho_scratch")
+    @field_validator("memory")
     @classmethod
-    def _size(cls, v: int | str) -> int:
-        return parse_size(v, "")
+    def _memory(cls, v: int | str) -> int:
+        size = parse_size(v, "")
+        if not MIN_MEMORY <= size <= MAX_MEMORY:
+            raise ValueError(f"expected 256MiB..64TiB, got {v!r}")
+        return size
+
+    @field_validator("kho_scratch")
+    @classmethod
+    def _scratch(cls, v: int | str) -> int:
+        size = parse_size(v, "")
+        if not 1 << 20 <= size <= 1 << 30:
+            raise ValueError(f"expected 1MiB..1GiB, got {v!r}")
+        return size
+
+    @property
+    def usable_memory(self) -> int:
+        """What guest RAM may use: memory above the scratch area, less kernel headroom."""
+        assert isinstance(self.memory, int) and isinstance(self.kho_scratch, int)
+        return self.memory - SCRATCH_BASE - self.kho_scratch - KERNEL_HEADROOM
 
     @model_validator(mode="after")
     def _segments(self) -> MachineSpec:
@@ -187,11 +236,31 @@ class MachineSpec(_Model):
                 if dev.name in names:
                     raise ValueError(f"device name {dev.name!r} is used twice")
                 names.add(dev.name)
+        for i, seg in enumerate(self.segments):
+            _check_depth(f"machine.segments[{i}].devices", seg.devices, 1)
+        n = sum(len(d.functions or [0]) + (d.sriov.total_vfs if d.sriov else 0)
+                if isinstance(d, DeviceSpec) else 1 for d in iter_devices(self))
+        if n > MAX_FUNCTIONS:
+            raise ValueError(f"machine.segments: {n} PCI functions, at most {MAX_FUNCTIONS}")
+        # the hardware model checks the rest (bus numbers, function 0, slot 0 below
+        # a downstream port, SR-IOV routing IDs) with path-named messages
+        PciHardware.from_topology(self.topology())
         return self
 
     def topology(self) -> dict[str, Any]:
         """The mapping ``Machine.from_topology`` takes."""
         return self.model_dump(mode="python", exclude_none=True)
+
+
+def _check_depth(where: str, devices: list[DeviceSpec] | list[PortSpec], depth: int) -> None:
+    """Bridges nested at most MAX_BRIDGE_DEPTH deep (recursion bounded by the YAML nesting cap)."""
+    if depth > MAX_BRIDGE_DEPTH:
+        raise ValueError(f"{where}: bridges nested deeper than {MAX_BRIDGE_DEPTH} levels")
+    for i, d in enumerate(devices):
+        if isinstance(d, DeviceSpec | PortSpec):
+            _check_depth(f"{where}[{i}].children", d.children, depth + 1)
+        if isinstance(d, DeviceSpec):
+            _check_depth(f"{where}[{i}].ports", d.ports, depth + 1)
 
 
 def iter_devices(machine: MachineSpec) -> list[DeviceSpec | PortSpec]:
@@ -211,7 +280,7 @@ def iter_devices(machine: MachineSpec) -> list[DeviceSpec | PortSpec]:
 
 class KernelSpec(_Model):
     profile: str = "v6"
-    cmdline: str = ""
+    cmdline: str = Field(default="", max_length=4096)
     # kernel config switches (luosim.kernel.config), e.g. CONFIG_IOMMU_LIVEUPDATE: false
     config: dict[str, bool] = Field(default_factory=dict)
 
@@ -232,7 +301,8 @@ class KernelSpec(_Model):
 
 class KernelsSpec(_Model):
     before: KernelSpec = Field(default_factory=KernelSpec)
-    after: list[KernelSpec] = Field(default_factory=lambda: [KernelSpec()], min_length=1)
+    after: list[KernelSpec] = Field(default_factory=lambda: [KernelSpec()], min_length=1,
+                                    max_length=MAX_KEXECS)
 
 
 class DmaSpec(_Model):
@@ -242,14 +312,17 @@ class DmaSpec(_Model):
     @field_validator("length")
     @classmethod
     def _len(cls, v: int | str) -> int:
-        return parse_size(v, "")
+        size = parse_size(v, "")
+        if size < 4096:
+            raise ValueError(f"expected at least 4KiB, got {v!r}")
+        return size
 
 
 class VmSpec(_Model):
     name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
     memory: int | str = 1 << 30
     folio_order: int = Field(default=9, ge=0, le=10)
-    devices: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list, max_length=32)
     dma: DmaSpec | None = None
     # guest RAM: a shmem memfd, or a hugetlb memfd (pool from hugepages= on the cmdline)
     ram_backing: Literal["memfd", "hugetlb-2M", "hugetlb-1G"] = "memfd"
@@ -269,10 +342,23 @@ class VmSpec(_Model):
                              f"got {int(self.memory) >> 20}MiB")
         return self
 
+    def _dma_fits(self) -> VmSpec:
+        assert isinstance(self.memory, int)
+        if self.dma is not None and isinstance(self.dma.length, int) \
+                and self.dma.length > self.memory:
+            raise ValueError(f"dma.length: {self.dma.length} bytes is more than the VM's "
+                             f"memory ({self.memory})")
+        return self
+
+    @property
+    def folios(self) -> int:
+        assert isinstance(self.memory, int)
+        return self.memory >> (12 + self.folio_order)
+
 
 class WorkloadSpec(_Model):
-    vms: list[VmSpec] = Field(default_factory=list)
-    hot_add: list[str] = Field(default_factory=list)
+    vms: list[VmSpec] = Field(default_factory=list, max_length=MAX_VMS)
+    hot_add: list[str] = Field(default_factory=list, max_length=256)
     blackout_ms: float = Field(default=50.0, ge=0, le=60_000)
 
     @model_validator(mode="after")
@@ -309,8 +395,8 @@ class Scenario(_Model):
     policy: dict[str, str] = Field(default_factory=dict)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     update: UpdateSpec = Field(default_factory=UpdateSpec)
-    faults: list[str] = Field(default_factory=list)
-    expect: list[ExpectSpec] = Field(default_factory=list)
+    faults: list[str] = Field(default_factory=list, max_length=MAX_FAULTS)
+    expect: list[ExpectSpec] = Field(default_factory=list, max_length=64)
 
     @field_validator("policy")
     @classmethod
@@ -340,15 +426,47 @@ class Scenario(_Model):
                 if dev not in known:
                     raise ValueError(f"workload.vms[{i}].devices: no device named {dev!r} "
                                      f"in machine (known: {', '.join(sorted(known)) or 'none'})")
-        for dev in self.workload.hot_add:
+        assigned = {d: vm.name for vm in self.workload.vms for d in vm.devices}
+        present = {d.name: d.present for d in iter_devices(self.machine) if d.name}
+        for i, dev in enumerate(self.workload.hot_add):
             if dev not in known:
                 raise ValueError(f"workload.hot_add: no device named {dev!r} in machine")
+            if present[dev]:
+                raise ValueError(f"workload.hot_add[{i}]: {dev!r} is present at boot "
+                                 "(hot-add needs present: false)")
+            if dev in assigned:
+                # hot-added functions get no IOMMU group in this model, so vfio cannot own them
+                raise ValueError(f"workload.hot_add[{i}]: {dev!r} is assigned to "
+                                 f"{assigned[dev]}; luosim assigns only devices present at boot")
+        if len(set(self.workload.hot_add)) != len(self.workload.hot_add):
+            raise ValueError("workload.hot_add: a device is listed twice")
+        self._check_work()
         bridges = {d.name for d in iter_devices(self.machine)
                    if d.name and (isinstance(d, PortSpec) or d.kind != "endpoint")}
         for dev in self.update.reset_bridges:
             if dev not in bridges:
                 raise ValueError(f"update.reset_bridges: no bridge named {dev!r} in machine")
         return self
+
+    def _check_work(self) -> None:
+        """Guest RAM fits the machine; the run's work is bounded (seconds, not hours)."""
+        vms = self.workload.vms
+        total = sum(int(vm.memory) for vm in vms)
+        usable = self.machine.usable_memory
+        if total > usable:
+            raise ValueError(f"workload.vms: {total} bytes of guest RAM do not fit machine.memory"
+                             f" ({usable} usable after scratch and kernel headroom)")
+        folios = sum(vm.folios for vm in vms)
+        if folios > MAX_FOLIOS:
+            raise ValueError(f"workload.vms: {folios} guest folios, at most {MAX_FOLIOS} per run "
+                             "(raise folio_order)")
+        functions = len(iter_devices(self.machine))
+        sim_ms = 10.0 + len(self.kernels.after) * (
+            self.workload.blackout_ms + _UPDATE_MS + functions * _ENUM_MS_PER_FUNCTION)
+        writes = sum(vm.dma.rate_per_ms for vm in vms if vm.dma) * sim_ms
+        if writes > MAX_DMA_WRITES:
+            raise ValueError(f"workload: DMA rate x time is {writes:.0f} writes, at most "
+                             f"{MAX_DMA_WRITES} per run (lower rate_per_ms or blackout_ms)")
 
     def fault_plan(self) -> tuple[Fault, ...]:
         return tuple(Fault.parse(t) for t in self.faults)
@@ -397,6 +515,8 @@ def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
     """Validate a parsed scenario; ``ScenarioError`` lists every problem."""
     if not isinstance(data, dict):
         raise ScenarioError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    if data_depth(data) > MAX_NESTING:  # traces carry scenarios as JSON
+        raise ScenarioError(source, [f"(top level): nesting deeper than {MAX_NESTING} levels"])
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
@@ -404,8 +524,9 @@ def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
         for err in exc.errors():
             where, msg = _loc(tuple(err["loc"])), _message(dict(err))
             # a model-level check that names its own path replaces the generic one
-            line = msg if where == "(top level)" and ": " in msg and "." in msg.split(":")[0] \
-                else f"{where}: {msg}"
+            head = msg.split(": ")[0] if ": " in msg else ""
+            own = head.startswith(where) if where != "(top level)" else bool(head)
+            line = msg if own and " " not in head else f"{where}: {msg}"
             if line not in problems:
                 problems.append(line)
         raise ScenarioError(source, problems) from None
@@ -415,18 +536,9 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a YAML scenario file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(str(p), ["no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(str(p), [f"cannot read: {exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(str(p), [f"{where}YAML syntax error: {problem}"]) from None
+        data = load_yaml_file(p)
+    except InputError as exc:
+        raise ScenarioError(exc.source, exc.problems) from None
     return scenario_from_dict(data, str(p))
 
 

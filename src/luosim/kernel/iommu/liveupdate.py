@@ -75,6 +75,7 @@ from luosim.abi.iommu import (
 from luosim.abi.iommu import PAGE_SIZE as ABI_PAGE_SIZE
 from luosim.errors import KernelBug, KernelError
 from luosim.faults import point
+from luosim.faults.mutator import corrupt_iommu_version
 from luosim.hw.memory import PAGE_SIZE
 from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
 
@@ -535,7 +536,7 @@ class IommuFlb(Flb):
         abi = self.abi
         v1 = abi.version is None
         if effect == "corrupt:version" and not v1:
-            mem.write_u64(pa, 0xDEAD)
+            corrupt_iommu_version(mem, pa)
         try:
             if v1:
                 s1 = IommuFlbSerV1.decode(mem.read(pa, IommuFlbSerV1.SIZE))

@@ -61,6 +61,7 @@ from luosim.abi.luo import (
 )
 from luosim.errors import KernelError
 from luosim.faults import point
+from luosim.faults.mutator import corrupt_luo_session_count
 from luosim.hw.memory import MemoryAccessError
 from luosim.kernel.liveupdate.file import FileHandler, FileManager
 from luosim.kernel.liveupdate.flb import Flb, FlbManager
@@ -211,7 +212,9 @@ class LuoCore:
             if not self.v5:
                 self.sessions.block_pa = kho.alloc_preserve(LUO_SESSION_BLOCK_SIZE)
                 allocated.append(self.sessions.block_pa)
-            self.liveupdate_number_out = self.liveupdate_number_in + 1
+            # luo_fdt_setup(): `const u64 ln = luo_global.liveupdate_num + 1` wraps at 2^64
+            # (torvalds/linux cab056f2aae7, kernel/liveupdate/luo_core.c)
+            self.liveupdate_number_out = (self.liveupdate_number_in + 1) & ((1 << 64) - 1)
             k.machine.memory.write(self.out_flb_pa, encode_flb_block([]))
             self._write_blob(0)
             # luo-v5: kho_add_subtree(..., luo_ser, sizeof(*luo_ser)); luo-v1: the FDT's size
@@ -268,13 +271,11 @@ class LuoCore:
             self._write_blob(sessions_pa, with_flb=False)
         elif effect == "corrupt:session-count":
             mem = k.machine.memory
-            if self.v5:
-                if sessions_pa:
-                    mem.write_u64(sessions_pa + 8, 0xFFFF)
-                else:
-                    self._write_blob(self.out_blob_pa)  # points at a page that is no block
+            if self.v5 and not sessions_pa:
+                self._write_blob(self.out_blob_pa)  # points at a page that is no block
             else:
-                mem.write_u64(self.sessions.block_pa, 0xFFFF)
+                corrupt_luo_session_count(mem, sessions_pa if self.v5 else
+                                          self.sessions.block_pa, self.v5)
         if not self.v5:
             k.kho.finalize()
         self.serialized = True

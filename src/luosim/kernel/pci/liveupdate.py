@@ -66,6 +66,7 @@ from luosim.abi.pci import (
 )
 from luosim.errors import KernelError, errname
 from luosim.faults import point
+from luosim.faults.mutator import corrupt_pci_ser
 from luosim.hw.memory import PAGE_SIZE, MemoryAccessError
 from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
 from luosim.kernel.pci.probe import PciBus, PciDev, needs_acs_enable_quirk
@@ -372,53 +373,10 @@ class PciLiveupdate:
         return slot_pas
 
     def _corrupt(self, ser_pa: int, effect: str) -> None:
-        """Apply a ``corrupt:*`` effect of ``pci.flb.retrieve`` to the hand-over in memory."""
-        mem = self.mem
+        """Apply a ``corrupt:*`` effect of ``pci.flb.retrieve`` to the hand-over in memory
+        (through the ABI codecs, in luosim.faults.mutator)."""
         what = effect.partition(":")[2]
-        if what == "nr-devices":
-            nr_pa = self._nr_pa(ser_pa)
-            _write_u32(mem, nr_pa, 0 if _read_u32(mem, nr_pa) else 1)
-        elif what == "version":
-            if self.abi != "v9":
-                self._log("info", f"fault {effect}: the {self.abi} pci_ser has no version")
-                return
-            _write_u32(mem, ser_pa, PCI_V9_VERSION + 1)
-        elif what == "block-chain":
-            if self.abi == "v6":
-                self._log("info", f"fault {effect}: the v6 pci_ser has no block chain")
-                return
-            head = mem.read_u64(ser_pa + _DEVICES_OFF[self.abi])
-            if head:
-                mem.write_u64(head, head)  # first block's next points at itself: a cycle
-        elif what == "duplicate-entry":
-            self._corrupt_duplicate(ser_pa)
-        self._log("info", f"fault {effect}: incoming pci_ser corrupted in memory")
-
-    def _corrupt_duplicate(self, ser_pa: int) -> None:
-        """Copy the first live slot over another slot (or append a copy in v7/v9)."""
-        mem = self.mem
-        if self.abi == "v6":
-            max_nr = _read_u32(mem, ser_pa)
-            pas = [ser_pa + 8 + 8 * i for i in range(min(max_nr, _MAX_ALLOC // 8))]
-        else:
-            pas = []
-            blk = mem.read_u64(ser_pa + _DEVICES_OFF[self.abi])
-            chain: list[int] = []
-            while blk and blk not in chain and blk % PAGE_SIZE == 0:
-                chain.append(blk)
-                count = min(mem.read_u64(blk + 8), PCI_DEVS_PER_BLOCK)
-                pas.extend(blk + 16 + 8 * i for i in range(count))
-                blk = mem.read_u64(blk)
-            if chain and mem.read_u64(chain[-1] + 8) < PCI_DEVS_PER_BLOCK:
-                count = mem.read_u64(chain[-1] + 8)  # room left: append the copy
-                pas.append(chain[-1] + 16 + 8 * count)
-                mem.write_u64(chain[-1] + 8, count + 1)
-        live = [pa for pa in pas if _read_dev(mem, pa).refcount]
-        if not live or len(pas) < 2:
-            self._log("info", "fault corrupt:duplicate-entry: nothing to duplicate")
-            return
-        target = next(pa for pa in reversed(pas) if pa != live[0])
-        mem.write(target, mem.read(live[0], PciDevSer.SIZE))
+        self._log("info", f"fault {effect}: {corrupt_pci_ser(self.mem, self.abi, ser_pa, what)}")
 
     def flb_finish(self, args: FlbOpArgs) -> None:
         """Models ``pci_flb_finish()``: the last incoming reference is gone; free everything.
