@@ -103,12 +103,12 @@ def test_explore_jobs(tmp_path: Path) -> None:
 
 def test_explore_checks_traces_before_exploring(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import luosim.explore.cli as ecli
+    import luosim.explore.campaign as campaign
 
     def never(*_a: object, **_k: object) -> None:
         raise AssertionError("explored before checking --traces")
 
-    monkeypatch.setattr(ecli, "explore", never)
+    monkeypatch.setattr(campaign, "explore", never)  # explore/cli imports it at call time
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_bad_input(invoke(["explore", SMALL, "--traces", blocker]), "--traces",

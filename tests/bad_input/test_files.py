@@ -43,8 +43,10 @@ def test_oversized_file_is_refused(tmp_path: Path, cmd: str) -> None:
 
 
 def test_directory_is_refused(tmp_path: Path) -> None:
-    for cmd in ("run", "inspect", "replay"):
+    for cmd in ("run", "replay"):
         assert_bad_input(invoke([cmd, tmp_path]), "is a directory")
+    # inspect takes a --dump-handover folder; any other folder is bad input
+    assert_bad_input(invoke(["inspect", tmp_path]), "not a --dump-handover folder")
 
 
 def _alias_bomb(levels: int, fanout: int) -> str:

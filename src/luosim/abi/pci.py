@@ -137,9 +137,12 @@ class PciDevSer(CStruct):
 
 @codec("pci_ser__v6", PCI_V6, what="pci_ser v6")
 @dataclass(frozen=True)
-class _PciSerV6Header(CStruct):
+class _PciV6SerHeader(CStruct):
     max_nr_devices: int
     nr_devices: int
+
+
+PciV6SerHeader = _PciV6SerHeader  # the fixed part alone (fault mutator, inspect)
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,8 @@ class PciSerV6:
     nr_devices: int
     devices: tuple[PciDevSer, ...]
 
-    SIZE: ClassVar[int] = _PciSerV6Header.SIZE
-    HEADER_SIZE: ClassVar[int] = _PciSerV6Header.SIZE
+    SIZE: ClassVar[int] = _PciV6SerHeader.SIZE
+    HEADER_SIZE: ClassVar[int] = _PciV6SerHeader.SIZE
     SOURCE: ClassVar[str] = PCI_V6
 
     @property
@@ -164,7 +167,7 @@ class PciSerV6:
         return self.HEADER_SIZE + PciDevSer.SIZE * self.max_nr_devices
 
     def encode(self) -> bytes:
-        head = _PciSerV6Header(self.max_nr_devices, self.nr_devices).encode()
+        head = _PciV6SerHeader(self.max_nr_devices, self.nr_devices).encode()
         if len(self.devices) != self.max_nr_devices:
             raise ValueError(f"pci_ser.devices: {len(self.devices)} slots, "
                              f"max_nr_devices is {self.max_nr_devices}")
@@ -172,7 +175,7 @@ class PciSerV6:
 
     @classmethod
     def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v6") -> Self:
-        hdr = _PciSerV6Header.decode(buf, offset, what)
+        hdr = _PciV6SerHeader.decode(buf, offset, what)
         mx = hdr.max_nr_devices
         start = offset + cls.HEADER_SIZE
         if start + mx * PciDevSer.SIZE > len(buf):

@@ -31,6 +31,7 @@ copying) the parent's heap in the children.
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import pickle
@@ -49,7 +50,7 @@ from luosim.explore.executors import (
     crash,
     run_one,
 )
-from luosim.faults import Fault, recording_sites, set_branch_hook
+from luosim.faults import Fault, recording_sites, set_branch_hook, unreached_warning
 
 Key = tuple[str, int]
 
@@ -231,13 +232,24 @@ def _become(node: _Node) -> None:
     _node = node
 
 
+def _unreached(result: Any, rest: tuple[Fault, ...]) -> Any:
+    """``result`` as a fresh run of the plan would end: the plan's faults this path
+    never hit are warned about (FaultInjector had only the ones injected)."""
+    if not rest or not hasattr(result, "warnings"):
+        return result
+    out = copy.copy(result)
+    out.warnings = [*result.warnings,
+                    *(unreached_warning(f, result.reached[f.point]) for f in rest)]
+    return out
+
+
 def _finish_child(node: _Node, result: Any, full: bool) -> None:
     """Send this subtree's records up the tree and leave (never returns)."""
     code = 0
     try:
         if result is not None:
-            node.records.extend(RunRecord.from_result(p, result, full=full)
-                                for p in node.pending)
+            node.records.extend(RunRecord.from_result(p, _unreached(result, rest), full=full)
+                                for p, rest in node.pending.items())
         _give_token(node)  # before waiting: the children may need it
         _drain(node, block=True)
         payload = pickle.dumps((node.records, node.deferred, node.crash))
@@ -304,7 +316,8 @@ def run_tree(spec: RunSpec, plans: Sequence[Plan], *, jobs: int = 1, full: bool 
             os.close(tokens[1])
     if root.crash is not None:
         raise root.crash
-    root.records.extend(RunRecord.from_result(p, result, full=full) for p in root.pending)
+    root.records.extend(RunRecord.from_result(p, _unreached(result, rest), full=full)
+                        for p, rest in root.pending.items())
     for plan in root.deferred:
         root.records.append(run_one(spec, plan, full=full))
     by_plan = {rec.plan: rec for rec in root.records}

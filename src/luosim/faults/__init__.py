@@ -168,6 +168,12 @@ def branch(name: str, occurrence: int) -> Fault | None:
     return _branch_hook(name, occurrence) if _branch_hook is not None else None
 
 
+def unreached_warning(fault: Fault, hits: int) -> str:
+    """The run's warning for a planned fault that never fired."""
+    return (f"fault {fault.label()} was never reached ({fault.point} was hit {hits} "
+            f"time{'s' if hits != 1 else ''} in this run)")
+
+
 @dataclass
 class FaultInjector:
     """Shared by every kernel booted on one machine: occurrences span kexecs."""

@@ -80,9 +80,8 @@ MAX_PCI_SER = PAGE_SIZE << 10  # largest kho_alloc_preserve() block (MAX_PAGE_OR
 def pci_ser_header(mem: Any, abi: str, pa: int) -> Any:
     """The fixed part of ``struct pci_ser`` (v6: without the slot array)."""
     if abi == "v6":  # the codec's own header layout (the slot array follows)
-        cls: Any = pci_abi.PciSerV6
-        mx, nr = cls._ST.unpack(mem.read(pa, cls.HEADER_SIZE))
-        return mx, nr
+        hdr = read_obj(mem, pci_abi.PciV6SerHeader, pa)
+        return hdr.max_nr_devices, hdr.nr_devices
     return read_obj(mem, PCI_SER[abi], pa)
 
 
@@ -125,9 +124,8 @@ def corrupt_pci_ser(mem: Any, abi: str, pa: int, what: str) -> str:
     """
     if what == "nr-devices":
         if abi == "v6":
-            mx, nr = pci_ser_header(mem, abi, pa)
-            v6: Any = pci_abi.PciSerV6
-            mem.write(pa, v6._ST.pack(mx, 0 if nr else 1))
+            _mx, nr = pci_ser_header(mem, abi, pa)
+            edit(mem, pci_abi.PciV6SerHeader, pa, nr_devices=0 if nr else 1)
         else:
             hdr = read_obj(mem, PCI_SER[abi], pa)
             edit(mem, PCI_SER[abi], pa, nr_devices=0 if hdr.nr_devices else 1)
@@ -439,7 +437,8 @@ def _kho_fdt_mutants(mem: Any, t: Target, rng: random.Random) -> Iterator[Mutant
         ("subtrees=[]", root.mem_map_pa, [], root.compatible)]
     for v in _values(root.mem_map_pa, 64, rng, mem.size):
         variants.append((f"preserved-memory-map={v:#x}", v, subs, root.compatible))
-    for i, (name, pa, size) in enumerate(subs):
+    for i, sub in enumerate(subs):
+        name, pa, size = sub[0], sub[1], sub[2] if len(sub) > 2 else 0
         for v in _values(max(pa, 0), 64, rng, mem.size):
             s2 = list(subs)
             s2[i] = (name, v, size)

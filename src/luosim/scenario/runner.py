@@ -19,7 +19,7 @@ from luosim.check.invariants import CheckContext, Checker, PfnRanges
 from luosim.check.rules_iommu import snapshot_iommu_at_jump
 from luosim.check.rules_pci import snapshot_at_jump
 from luosim.errors import HostError, KernelError, KernelPanic, errname
-from luosim.faults import Fault, point
+from luosim.faults import Fault, point, unreached_warning
 from luosim.hw.machine import Machine
 from luosim.hw.memory import PAGE_SHIFT, MemoryAccessError
 from luosim.scenario.result import DeviceResult, RunResult
@@ -141,10 +141,8 @@ class Run:
         fired = {f for f, _ctx in self.machine.faults.fired}
         for f in self.machine.faults.plan:
             if f not in fired:  # say so: a silent no-op plan looks like a passed test
-                hits = self.machine.faults.reached[f.point]
                 self.result.warnings.append(
-                    f"fault {f.label()} was never reached ({f.point} was hit {hits} "
-                    f"time{'s' if hits != 1 else ''} in this run)")
+                    unreached_warning(f, self.machine.faults.reached[f.point]))
         dma = getattr(self.machine, "dma", None)
         if dma is not None:
             self.result.stats["dma_records"] = len(dma.records)
