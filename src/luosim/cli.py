@@ -42,6 +42,9 @@ class _LazyConsole:
             self._console = Console(**self._kwargs)
         return cast("Console", self._console)
 
+    def reset(self) -> None:
+        self._console = None
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
 
@@ -157,6 +160,10 @@ def _root(_version_flag: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True,
         help="Print the version and exit.")] = False) -> None:
     """luosim: an executable, byte-exact model of Linux Live Update."""
+    # a console sizes itself from COLUMNS/the terminal when made: one per invocation
+    for console in (out, err):
+        if isinstance(console, _LazyConsole):
+            console.reset()
 
 
 @app.command()

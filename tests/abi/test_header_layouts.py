@@ -58,7 +58,7 @@ LAYOUTS: list[tuple[type, int, dict[str, int]]] = [
     (kho.KhoScratch, 16, {"addr": 0, "size": 8}),
     # pci.h: v6 layout linux-mm/linux-mm 3bb8a42d; v7/v9 from the series mails
     (pci.PciDevSer, 8, {"domain": 0, "bdf": 4, "refcount": 6}),
-    (pci._PciSerV6Header, 8, {"max_nr_devices": 0, "nr_devices": 4}),
+    (pci.PciV6SerHeader, 8, {"max_nr_devices": 0, "nr_devices": 4}),
     (pci.PciSerV7, 12, {"nr_devices": 0, "devices": 4}),
     (pci.PciSerV9, 16, {"version": 0, "nr_devices": 4, "devices": 8}),
     # vfio_pci.h

@@ -137,12 +137,9 @@ class PciDevSer(CStruct):
 
 @codec("pci_ser__v6", PCI_V6, what="pci_ser v6")
 @dataclass(frozen=True)
-class _PciV6SerHeader(CStruct):
+class PciV6SerHeader(CStruct):
     max_nr_devices: int
     nr_devices: int
-
-
-PciV6SerHeader = _PciV6SerHeader  # the fixed part alone (fault mutator, inspect)
 
 
 @dataclass(frozen=True)
@@ -158,8 +155,8 @@ class PciSerV6:
     nr_devices: int
     devices: tuple[PciDevSer, ...]
 
-    SIZE: ClassVar[int] = _PciV6SerHeader.SIZE
-    HEADER_SIZE: ClassVar[int] = _PciV6SerHeader.SIZE
+    SIZE: ClassVar[int] = PciV6SerHeader.SIZE
+    HEADER_SIZE: ClassVar[int] = PciV6SerHeader.SIZE
     SOURCE: ClassVar[str] = PCI_V6
 
     @property
@@ -167,7 +164,7 @@ class PciSerV6:
         return self.HEADER_SIZE + PciDevSer.SIZE * self.max_nr_devices
 
     def encode(self) -> bytes:
-        head = _PciV6SerHeader(self.max_nr_devices, self.nr_devices).encode()
+        head = PciV6SerHeader(self.max_nr_devices, self.nr_devices).encode()
         if len(self.devices) != self.max_nr_devices:
             raise ValueError(f"pci_ser.devices: {len(self.devices)} slots, "
                              f"max_nr_devices is {self.max_nr_devices}")
@@ -175,7 +172,7 @@ class PciSerV6:
 
     @classmethod
     def decode(cls, buf: bytes, offset: int = 0, what: str = "pci_ser v6") -> Self:
-        hdr = _PciV6SerHeader.decode(buf, offset, what)
+        hdr = PciV6SerHeader.decode(buf, offset, what)
         mx = hdr.max_nr_devices
         start = offset + cls.HEADER_SIZE
         if start + mx * PciDevSer.SIZE > len(buf):
