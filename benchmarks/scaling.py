@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     axes: list[tuple[str, str, list[int], Any]] = [
         ("guest RAM (1 VM, 2 MiB folios)", "GiB", ram_points,
          lambda g: host(vms=1, vm_gib=g, endpoints=1)),
-        ("guest RAM (1 VM, 4 KiB folios)", "GiB", [1, 4, 16] if args.quick else [1, 4, 16, 64],
+        ("guest RAM (1 VM, 4 KiB folios)", "GiB", [1, 4, 16] if args.quick else [1, 4, 16, 32],
          lambda g: host(vms=1, vm_gib=g, endpoints=1, folio_order=0)),
         ("VMs (1 GiB each, 2 devices)", "VM", [2, 16, 64] if args.quick else [2, 16, 64, 256],
          lambda n: host(vms=n, vm_gib=1, endpoints=2)),
