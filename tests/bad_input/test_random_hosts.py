@@ -96,6 +96,8 @@ def test_mutated_handovers_never_crash_the_boot_path() -> None:
     layers = {t.layer for t in seen["targets"]}
     assert {"kho_data", "kho-fdt", "kho-radix", "luo-fdt", "luo-session", "luo-file",
             "luo-flb", "pci", "pci-chain", "pci-dev", "memfd", "iommu"} <= layers
+    # every object gets edits of its fields (the mutator reads the codecs' declared layout)
+    assert {mu[0] for mu in seen["mutants"]} == layers
     picked = random.Random(3).sample(seen["mutants"], min(16, len(seen["mutants"])))
     for _layer, label, apply in picked:
         r = Run(scenario, (), None, None)

@@ -191,11 +191,25 @@ class Target:
 
 
 def _fields(cls: Any) -> list[tuple[str, int]]:
-    """(name, bits) of a codec's integer fields, from its ``_FIELDS`` layout."""
+    """(name, bits) of a codec's integer fields, from its declared layout: each
+    dataclass attribute whose C field (same dotted path, or the unique leaf of that
+    name) is a scalar or a bit-field, with the field's width."""
+    layout = getattr(cls, "LAYOUT", None)
+    if layout is None:
+        return []
+    by_name: dict[str, list[Any]] = {}
+    for leaf in layout.leaves:
+        by_name.setdefault(leaf.path, []).append(leaf)
+        tail = leaf.path.rsplit(".", 1)[-1]
+        if tail != leaf.path:
+            by_name.setdefault(tail, []).append(leaf)
     out = []
-    for name, _off, size in getattr(cls, "_FIELDS", ()):
-        if name in {f.name for f in dataclasses.fields(cls)}:
-            out.append((name, size * 8))
+    for f in dataclasses.fields(cls):
+        leaves = by_name.get(f.name, [])
+        if len(leaves) != 1 or leaves[0].kind not in ("int", "bits"):
+            continue
+        leaf = leaves[0]
+        out.append((f.name, leaf.bits if leaf.kind == "bits" else leaf.size * 8))
     return out
 
 

@@ -44,7 +44,6 @@ ENOENT like any unsupported file.
 from __future__ import annotations
 
 import errno
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -431,19 +430,6 @@ class HugetlbMemfdFile(MemfdFile):
         o = self.hstate.order
         for hidx in range(offset // self.hsize, (offset + length) // self.hsize):
             self.mem.fill_folio(self._page(hidx), o, folio_seed(seed, hidx << o))
-
-    def fingerprint(self) -> int:
-        """Content identity over all pages (untouched zero pages ignored)."""
-        self.check_open()
-        h = hashlib.blake2b(digest_size=8)
-        h.update(self.size.to_bytes(8, "little"))
-        # the same content description MemfdFile.fingerprint hashes
-        for index, pa, order in self.folios():
-            for tok in self.mem.describe(pa >> PAGE_SHIFT, 1 << order):
-                if tok[1] == "uni" and tok[2] == ZERO_SEED:
-                    continue
-                h.update(repr((index + tok[0], *tok[1:])).encode())
-        return int.from_bytes(h.digest(), "little")
 
     def release(self) -> None:
         """Last reference: the pages go back to the pool."""

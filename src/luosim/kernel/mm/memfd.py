@@ -354,7 +354,7 @@ class MemfdFile(File):
         self.check_open()
         h = hashlib.blake2b(digest_size=8)
         h.update(self.size.to_bytes(8, "little"))
-        for index, pa, order, count in self._fruns:
+        for index, pa, order, count in self.folio_runs():  # hugetlb: its own pages
             for tok in self.mem.describe(pa >> PAGE_SHIFT, count << order):
                 if tok[1] == "uni" and tok[2] == ZERO_SEED:
                     continue
