@@ -1,6 +1,6 @@
 """luosim: an executable, byte-exact model of Linux Live Update.
 
-Public surface (../shared/DESIGN.md "Public Python API")::
+Public surface (docs/architecture.md "Public Python API")::
 
     from luosim import Machine, KernelPanic
     m = Machine.from_topology({})

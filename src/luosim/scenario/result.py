@@ -1,6 +1,6 @@
 """The result of one run: outcome, invariants, events, devices.
 
-Its ``as_json()`` is the stable CLI shape of ../shared/DESIGN.md
+Its ``as_json()`` is the stable CLI shape of docs/architecture.md
 (``luosim run --json``).  Outcomes, in DESIGN.md's words:
 
 ok       update completed, every invariant holds;
