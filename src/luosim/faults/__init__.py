@@ -192,12 +192,7 @@ class FaultInjector:
         self.reached[name] += 1
         n = self.reached[name]
         if self.record_sites:
-            site = _call_site()
-            runs = self.sites.setdefault(name, [])
-            if runs and runs[-1][2] == site:
-                runs[-1][1] = n
-            else:
-                runs.append([n, n, site])
+            self._note_site(name, n, n)
         for f in self.plan:
             if f.point == name and f.occurrence == n:
                 self.fired.append((f, context))
@@ -209,6 +204,15 @@ class FaultInjector:
                 self.fired.append((forked, context))
                 return forked.effect
         return None
+
+    def _note_site(self, name: str, first: int, last: int) -> None:
+        """Hits ``first..last`` of ``name`` came from the caller's call site."""
+        site = _call_site()
+        runs = self.sites.setdefault(name, [])
+        if runs and runs[-1][2] == site:
+            runs[-1][1] = last
+        else:
+            runs.append([first, last, site])
 
     def pending(self, name: str, count: int) -> bool:
         """Whether a planned fault fires within the next ``count`` hits of ``name``
@@ -235,12 +239,7 @@ class FaultInjector:
         n = n0 + count if fire is None else fire.occurrence
         self.reached[name] = n
         if self.record_sites:
-            site = _call_site()
-            runs = self.sites.setdefault(name, [])
-            if runs and runs[-1][2] == site:
-                runs[-1][1] = n
-            else:
-                runs.append([n0 + 1, n, site])
+            self._note_site(name, n0 + 1, n)
         if fire is None:
             return None
         self.fired.append((fire, context))
