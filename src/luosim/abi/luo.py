@@ -295,11 +295,13 @@ class LuoFdt:
 
 
 def encode_luo_fdt(liveupdate_num: int, session_header_pa: int,
-                   flb_header_pa: int | None = None) -> bytes:
+                   flb_header_pa: int | None = None,
+                   compatible: str = LUO_FDT_COMPATIBLE) -> bytes:
     """The ``luo-v1`` FDT of spec luo.md §5.1 (node/property order as the kernel writes it).
 
     ``flb_header_pa=None`` omits the ``luo-flb`` node (P0).  The result is
     packed; the kernel places it in a one-page (``LUO_FDT_SIZE``) buffer.
+    ``compatible`` other than the default only for the hand-over mutator.
     """
     def raw64(field: str, v: int) -> bytes:
         return _u(field, v).to_bytes(8, "little")
@@ -314,7 +316,7 @@ def encode_luo_fdt(liveupdate_num: int, session_header_pa: int,
             (LUO_FDT_FLB_HEADER, raw64(LUO_FDT_FLB_HEADER, flb_header_pa)),
         ]))
     root = fdtlib.FdtNode("", [
-        ("compatible", LUO_FDT_COMPATIBLE),
+        ("compatible", compatible),
         (LUO_FDT_LIVEUPDATE_NUM, raw64(LUO_FDT_LIVEUPDATE_NUM, liveupdate_num)),
     ], children)
     blob = bytes(fdtlib.build(root))

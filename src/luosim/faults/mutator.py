@@ -37,10 +37,12 @@ from luosim.abi.kho import (
     walk_radix_tree,
 )
 from luosim.abi.luo import (
+    LUO_FDT_SIZE,
     LUO_FLB_BLOCK_SIZE,
     LuoFileSer,
     LuoFlbHeaderSer,
     LuoFlbSer,
+    LuoSer,
     LuoSessionHeaderSer,
     LuoSessionSer,
     decode_flb_block,
@@ -175,6 +177,58 @@ def corrupt_radix_root(mem: Any, root_pa: int) -> None:
     Radix-tree nodes are plain tables of u64 physical addresses (no struct).
     """
     mem.write(root_pa, _U64.pack((mem.size + PAGE_SIZE) & ~(PAGE_SIZE - 1)))
+
+
+def corrupt_kho_root(mem: Any, kho_data: bytearray, what: str) -> None:
+    """``kho.handover=corrupt:root-compatible`` / ``corrupt:mem-map`` on the written root FDT.
+
+    Re-encodes the root with ``compatible = "kho-v1"`` (a version the next kernel
+    does not know) or a zero ``preserved-memory-map``; each subnode keeps its
+    ``blob-size`` where the written compatible has one.  ``kho_data.fdt_size``
+    follows the new blob; the rest of the old blob is zeroed.
+    """
+    kd = KhoData.decode(bytes(kho_data))
+    root = decode_root_fdt(mem.read(kd.fdt_addr, kd.fdt_size))
+    # the blob lists subtrees newest first (see encode_root_fdt): re-add them oldest first
+    subs: list[Subtree] = [(name, pa, root.sizes.get(name, 0))
+                           for name, pa in reversed(root.subtrees.items())]
+    if what == "corrupt:root-compatible":
+        mm, compat = root.mem_map_pa, "kho-v1"
+    elif what == "corrupt:mem-map":
+        mm, compat = 0, root.compatible
+    else:
+        raise ValueError(f"unknown KHO root corruption {what!r}")
+    mem.write(kd.fdt_addr, bytes(kd.fdt_size))
+    _set_root_fdt(mem, kho_data, kd.fdt_addr, mm, subs, compat)
+
+
+def corrupt_luo_blob(mem: Any, pa: int, what: str) -> None:
+    """``luo.handover=corrupt:compatible`` / ``corrupt:missing-flb-node`` on the written
+    LUO hand-over at ``pa``.
+
+    luo-v1 (FDT): the root's compatible becomes ``"luo-v0"``, or the ``luo-flb``
+    node is dropped.  luo-v5 (``struct luo_ser``): the compatible of an older
+    struct ABI (``"luo-v4"``), or ``flbs_pa = 0`` (no FLB header).
+    """
+    if what not in ("corrupt:compatible", "corrupt:missing-flb-node"):
+        raise ValueError(f"unknown LUO hand-over corruption {what!r}")
+    if mem.read(pa, 4) != _FDT_MAGIC:
+        if what == "corrupt:compatible":
+            edit(mem, LuoSer, pa, compatible="luo-v4")
+        else:
+            edit(mem, LuoSer, pa, flbs_pa=0)
+        return
+    blob = mem.read(pa, LUO_FDT_SIZE)
+    try:
+        fdt = decode_luo_fdt(blob, require_flb=True)
+    except DecodeError:  # written without a luo-flb node
+        fdt = decode_luo_fdt(blob, require_flb=False)
+    if what == "corrupt:compatible":
+        blob = encode_luo_fdt(fdt.liveupdate_num, fdt.session_header_pa, fdt.flb_header_pa,
+                              compatible="luo-v0")
+    else:
+        blob = encode_luo_fdt(fdt.liveupdate_num, fdt.session_header_pa, None)
+    mem.write(pa, blob.ljust(LUO_FDT_SIZE, b"\0"))
 
 
 # -- discovery of a whole hand-over (for the fuzzer) ----------------------------------------

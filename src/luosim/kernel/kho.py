@@ -54,7 +54,7 @@ from luosim.abi.kho import (
 from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
-from luosim.faults.mutator import corrupt_radix_root
+from luosim.faults.mutator import corrupt_kho_root, corrupt_radix_root
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
 from luosim.kernel.mm.page_alloc import order_for
 
@@ -1023,16 +1023,16 @@ class Kho:
         self.mem.write(scratch_pa, scratch_blob)
         root = self._write_radix_tree()
         effect = k.machine.faults.hit(FP_HANDOVER, "kho hand-over")
-        compatible = self.abi
-        if effect == "corrupt:root-compatible":
-            compatible = "kho-v1"
         subtrees: list[Subtree] = [(name, pa, self._blob_size(name, pa))
                                    for name, pa in self.subtrees.items()]
-        blob = encode_root_fdt(0 if effect == "corrupt:mem-map" else root,
-                               subtrees, compatible=compatible)
+        blob = encode_root_fdt(root, subtrees, compatible=self.abi)
         self.mem.write(fdt_pa, blob)
-        if effect == "corrupt:radix-node":
+        kho_data = bytearray(KhoData(fdt_pa, len(blob), scratch_pa, len(scratch_blob)).encode())
+        # corrupt:* effects edit the written hand-over in memory (faults/mutator.py)
+        if effect in ("corrupt:root-compatible", "corrupt:mem-map"):
+            corrupt_kho_root(self.mem, kho_data, effect)
+        elif effect == "corrupt:radix-node":
             corrupt_radix_root(self.mem, root)
         k.printk("info", "kho", f"hand-over: {len(self.preserved)} preserved blocks, "
                  f"subtrees {list(self.subtrees)}")
-        return KhoData(fdt_pa, len(blob), scratch_pa, len(scratch_blob)).encode()
+        return bytes(kho_data)

@@ -45,12 +45,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from luosim.abi.errors import DecodeError
 from luosim.abi.luo import (
-    LUO_FDT_COMPATIBLE,
     LUO_FDT_SIZE,
     LUO_FLB_BLOCK_SIZE,
     LUO_KHO_ENTRY_NAME,
     LUO_SESSION_BLOCK_SIZE,
-    LUO_V5_COMPAT_LENGTH,
     LuoSer,
     decode_flb_block,
     decode_luo_fdt,
@@ -61,7 +59,7 @@ from luosim.abi.luo import (
 )
 from luosim.errors import KernelError
 from luosim.faults import point
-from luosim.faults.mutator import corrupt_luo_session_count
+from luosim.faults.mutator import corrupt_luo_blob, corrupt_luo_session_count
 from luosim.hw.memory import MemoryAccessError
 from luosim.kernel.liveupdate.file import FileHandler, FileManager
 from luosim.kernel.liveupdate.flb import Flb, FlbManager
@@ -231,19 +229,13 @@ class LuoCore:
         k.printk("info", "luo", f"live update enabled ({self.abi}), outgoing number "
                  f"{self.liveupdate_number_out}")
 
-    def _write_blob(self, sessions_pa: int, *, compatible_ok: bool = True,
-                    with_flb: bool = True) -> None:
+    def _write_blob(self, sessions_pa: int) -> None:
         mem = self.kernel.machine.memory
         if self.v5:
-            blob = encode_luo_v5(self.liveupdate_number_out, sessions_pa,
-                                 self.out_flb_pa if with_flb else 0)
-            if not compatible_ok:  # an older struct ABI's compatible
-                blob = b"luo-v4\0\0" + blob[LUO_V5_COMPAT_LENGTH:]
+            blob = encode_luo_v5(self.liveupdate_number_out, sessions_pa, self.out_flb_pa)
         else:
             blob = encode_luo_fdt(self.liveupdate_number_out, self.sessions.block_pa,
-                                  self.out_flb_pa if with_flb else None)
-            if not compatible_ok:
-                blob = blob.replace(LUO_FDT_COMPATIBLE.encode() + b"\0", b"luo-v0\0", 1)
+                                  self.out_flb_pa)
             blob = blob.ljust(LUO_FDT_SIZE, b"\0")
         mem.write(self.out_blob_pa, blob)
 
@@ -265,10 +257,9 @@ class LuoCore:
         k.machine.memory.write(self.out_flb_pa, encode_flb_block(recs))
         self._write_blob(sessions_pa)
         effect = k.machine.faults.hit(FP_HANDOVER, "LUO hand-over")
-        if effect == "corrupt:compatible":
-            self._write_blob(sessions_pa, compatible_ok=False)
-        elif effect == "corrupt:missing-flb-node":
-            self._write_blob(sessions_pa, with_flb=False)
+        # corrupt:* effects edit the written hand-over in memory (faults/mutator.py)
+        if effect in ("corrupt:compatible", "corrupt:missing-flb-node"):
+            corrupt_luo_blob(k.machine.memory, self.out_blob_pa, effect)
         elif effect == "corrupt:session-count":
             mem = k.machine.memory
             if self.v5 and not sessions_pa:
