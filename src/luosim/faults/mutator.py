@@ -179,6 +179,12 @@ def corrupt_radix_root(mem: Any, root_pa: int) -> None:
     mem.write(root_pa, _U64.pack((mem.size + PAGE_SIZE) & ~(PAGE_SIZE - 1)))
 
 
+def _root_subtrees(root: Any) -> list[Subtree]:
+    """A decoded root's subtrees as :func:`encode_root_fdt` takes them back: the blob
+    lists them newest first, so oldest first here, each with its blob-size."""
+    return [(name, pa, root.sizes.get(name, 0)) for name, pa in reversed(root.subtrees.items())]
+
+
 def corrupt_kho_root(mem: Any, kho_data: bytearray, what: str) -> None:
     """``kho.handover=corrupt:root-compatible`` / ``corrupt:mem-map`` on the written root FDT.
 
@@ -189,9 +195,7 @@ def corrupt_kho_root(mem: Any, kho_data: bytearray, what: str) -> None:
     """
     kd = KhoData.decode(bytes(kho_data))
     root = decode_root_fdt(mem.read(kd.fdt_addr, kd.fdt_size))
-    # the blob lists subtrees newest first (see encode_root_fdt): re-add them oldest first
-    subs: list[Subtree] = [(name, pa, root.sizes.get(name, 0))
-                           for name, pa in reversed(root.subtrees.items())]
+    subs = _root_subtrees(root)
     if what == "corrupt:root-compatible":
         mm, compat = root.mem_map_pa, "kho-v1"
     elif what == "corrupt:mem-map":
@@ -496,9 +500,7 @@ def _byte_mutants(t: Target, rng: random.Random, n: int) -> Iterator[Mutant]:
 
 def _kho_fdt_mutants(mem: Any, t: Target, rng: random.Random) -> Iterator[Mutant]:
     root = decode_root_fdt(mem.read(t.pa, t.size))
-    # (name, phys, blob-size): a kho-v3/v4 root keeps each subnode's blob-size
-    subs: list[Subtree] = [(name, pa, root.sizes.get(name, 0))
-                           for name, pa in root.subtrees.items()]
+    subs = _root_subtrees(root)  # one edit each: order and blob-sizes kept
     variants: list[tuple[str, int, list[Subtree], str]] = [
         ("compatible='kho-v1'", root.mem_map_pa, subs, "kho-v1"),
         ("compatible=''", root.mem_map_pa, subs, ""),
