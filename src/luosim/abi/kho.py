@@ -67,6 +67,28 @@ def bitmap_index(key: int) -> int:
     return key % (1 << KHO_BITMAP_SIZE_LOG2)
 
 
+def check_node_ptr(pa: int, mem_size: int, where: str) -> None:
+    """A radix-tree node pointer must be a page in RAM (the kernel would fault)."""
+    if pa % PAGE_SIZE or pa + PAGE_SIZE > mem_size:
+        raise DecodeError("kho radix tree", 0, where,
+                          f"node pointer {pa:#x} is not a page in RAM", kind="bad-pointer")
+
+
+def leaf_blocks(page: bytes, start: int, node_pa: int) -> Iterator[tuple[int, int]]:
+    """(pa, order) of every set bit of the leaf bitmap ``page`` covering keys from
+    ``start``, lowest first; a key that decodes to no order raises DecodeError."""
+    bits = int.from_bytes(page, "little")
+    while bits:
+        low = bits & -bits
+        i = low.bit_length() - 1
+        bits ^= low
+        pa, order = decode_key(start | i)
+        if order < 0 or order > KHO_ORDER_0_LOG2:
+            raise DecodeError("kho radix tree", node_pa, "bitmap",
+                              f"key {start | i:#x} decodes to no order", kind="bad-value")
+        yield pa, order
+
+
 def walk_radix_tree(read_page: Callable[[int], bytes], root_pa: int, mem_size: int,
                     on_node: Callable[[int], None] | None = None,
                     max_nodes: int = 1 << 20) -> Iterator[tuple[int, int]]:
@@ -79,11 +101,6 @@ def walk_radix_tree(read_page: Callable[[int], bytes], root_pa: int, mem_size: i
     """
     seen = 0
 
-    def check_ptr(pa: int, where: str) -> None:
-        if pa % PAGE_SIZE or pa + PAGE_SIZE > mem_size:
-            raise DecodeError("kho radix tree", 0, where,
-                              f"node pointer {pa:#x} is not a page in RAM", kind="bad-pointer")
-
     def walk(node_pa: int, level: int, start: int) -> Iterator[tuple[int, int]]:
         nonlocal seen
         seen += 1
@@ -94,24 +111,15 @@ def walk_radix_tree(read_page: Callable[[int], bytes], root_pa: int, mem_size: i
             on_node(node_pa)
         page = read_page(node_pa)
         if level == 0:
-            bits = int.from_bytes(page, "little")
-            while bits:
-                low = bits & -bits
-                i = low.bit_length() - 1
-                bits ^= low
-                pa, order = decode_key(start | i)
-                if order < 0 or order > KHO_ORDER_0_LOG2:
-                    raise DecodeError("kho radix tree", node_pa, "bitmap",
-                                      f"key {start | i:#x} decodes to no order", kind="bad-value")
-                yield pa, order
+            yield from leaf_blocks(page, start, node_pa)
             return
         shift = (level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2
         for i, child in enumerate(struct.unpack("<512Q", page)):
             if child:
-                check_ptr(child, f"level{level}.table[{i}]")
+                check_node_ptr(child, mem_size, f"level{level}.table[{i}]")
                 yield from walk(child, level - 1, start | (i << shift))
 
-    check_ptr(root_pa, KHO_FDT_MEMORY_MAP_PROP_NAME)
+    check_node_ptr(root_pa, mem_size, KHO_FDT_MEMORY_MAP_PROP_NAME)
     yield from walk(root_pa, KHO_TREE_MAX_DEPTH - 1, 0)
 
 

@@ -24,8 +24,8 @@ from luosim.abi.kho import (
     KHO_TABLE_SIZE_LOG2,
     KHO_TREE_MAX_DEPTH,
     PAGE_SHIFT,
-    PAGE_SIZE,
-    decode_key,
+    check_node_ptr,
+    leaf_blocks,
 )
 
 _SAFE_KEY = 1 << (KHO_ORDER_0_LOG2 + 1)  # keys below decode exactly in int64 arithmetic
@@ -84,11 +84,6 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
     counts: list[np.ndarray] = []
     seen = 0
 
-    def check_ptr(pa: int, where: str) -> None:
-        if pa % PAGE_SIZE or pa + PAGE_SIZE > mem_size:
-            raise DecodeError("kho radix tree", 0, where,
-                              f"node pointer {pa:#x} is not a page in RAM", kind="bad-pointer")
-
     def leaf(node_pa: int, page: bytes, start: int) -> None:
         if 0 < start < _SAFE_KEY and start + (1 << KHO_BITMAP_SIZE_LOG2) <= _SAFE_KEY:
             pa, order, count = _leaf_runs(page, start)
@@ -97,18 +92,10 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
             counts.append(count)
             return
         # keys that do not fit the fast path: bit by bit, exactly as the generator
-        bits = int.from_bytes(page, "little")
         got_pa: list[int] = []
         got_order: list[int] = []
-        try:
-            while bits:
-                low = bits & -bits
-                i = low.bit_length() - 1
-                bits ^= low
-                pa_i, order_i = decode_key(start | i)
-                if order_i < 0 or order_i > KHO_ORDER_0_LOG2:
-                    raise DecodeError("kho radix tree", node_pa, "bitmap",
-                                      f"key {start | i:#x} decodes to no order", kind="bad-value")
+        try:  # the blocks before a bad key count, as the generator yielded them
+            for pa_i, order_i in leaf_blocks(page, start, node_pa):
                 got_pa.append(pa_i)
                 got_order.append(order_i)
         finally:
@@ -131,11 +118,11 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
         table = np.frombuffer(page, dtype="<u8")
         for i in np.flatnonzero(table).tolist():
             child = int(table[i])
-            check_ptr(child, f"level{level}.table[{i}]")
+            check_node_ptr(child, mem_size, f"level{level}.table[{i}]")
             walk(child, level - 1, start | (i << shift))
 
     try:
-        check_ptr(root_pa, KHO_FDT_MEMORY_MAP_PROP_NAME)
+        check_node_ptr(root_pa, mem_size, KHO_FDT_MEMORY_MAP_PROP_NAME)
         walk(root_pa, KHO_TREE_MAX_DEPTH - 1, 0)
     except DecodeError as exc:
         out.error = exc
