@@ -11,6 +11,7 @@ unsafe   an invariant broke.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +99,11 @@ class RunResult:
         }
 
 
+# compiled at import, before the explorer forks: not once per forked child
+_ADDR = re.compile(r"0x[0-9a-f]+")
+_NUMBER = re.compile(r"\b\d{3,}\b")
+
+
 def _stable(message: str) -> str:
     """Drop addresses and numbers that vary between otherwise equal failures."""
-    import re
-    text = re.sub(r"0x[0-9a-f]+", "ADDR", message)
-    return re.sub(r"\b\d{3,}\b", "N", text)[:160]
+    return _NUMBER.sub("N", _ADDR.sub("ADDR", message))[:160]
