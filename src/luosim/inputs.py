@@ -21,10 +21,10 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+if TYPE_CHECKING:  # yaml is imported where it parses: `luosim --help` never does
+    from yaml.nodes import Node
 
 MAX_FILE_BYTES = 4 << 20
 """Scenario and trace files: the reference host is 3 KB, a big trace ~1 MB."""
@@ -104,6 +104,7 @@ def read_text_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
 
 def _event_scan(text: str, source: str) -> None:
     """Nesting depth and alias count from the event stream (not recursive)."""
+    import yaml
     depth = aliases = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):
@@ -126,6 +127,7 @@ def _mark(obj: Any) -> str:
 
 def _check_nodes(root: Node, source: str) -> None:
     """Refuse duplicate mapping keys; bound the size after alias expansion."""
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
     size: dict[int, int] = {}
     order: list[Node] = []
     stack: list[Node] = [root]
@@ -164,6 +166,7 @@ def _check_nodes(root: Node, source: str) -> None:
 
 def parse_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load`` with the checks above; one-line InputError on a problem."""
+    import yaml
     try:
         _event_scan(text, source)
         loader = yaml.SafeLoader(text)
