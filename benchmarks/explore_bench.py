@@ -7,6 +7,8 @@ Prints, for SCENARIO (default examples/reference-host.yaml):
 
 - one run in process (best of ``--repeat``) and from the CLI
   (``luosim run FILE --json`` in a new interpreter), and ``luosim --help``;
+- the fork floor: ``os.fork()`` + the child's ``_exit`` + ``waitpid`` of this
+  process after a run, the least any forked plan costs;
 - the explorer at depth 1 with the fork executor on one core and on
   ``--jobs`` cores, with ``--fresh`` also the fresh-run executor on one core;
 - the explorer at depth 2 (fork executor, ``--jobs`` cores) unless
@@ -68,6 +70,24 @@ def timed_explore(scenario: Any, depth: int, executor: Any, backend: Any) -> tup
     return executed[0], len(ex.groups), time.perf_counter() - t0, cpu_seconds() - c0
 
 
+def fork_floor(n: int = 100) -> dict[str, float]:
+    """What one forked plan costs before it does any work: ``os.fork()``, the
+    child's ``os._exit`` and the parent's ``waitpid``, from this process as it
+    is after a run (its heap is what the explorer forks); mean of ``n``."""
+    import gc
+    gc.freeze()
+    try:
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        for _ in range(n):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        return {"wall": (time.perf_counter() - t0) / n, "cpu": (cpu_seconds() - c0) / n}
+    finally:
+        gc.unfreeze()
+
+
 def cli_seconds(args: list[str], repeat: int) -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -114,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{cli_seconds(['run', args.scenario, '--json'], 3) * 1e3:8.1f} ms (best of 3)")
     print(f"luosim --help:                          "
           f"{cli_seconds(['--help'], 5) * 1e3:8.1f} ms (best of 5)")
+
+    floor = fork_floor()
+    print(f"fork + exit of this process (mean of 100): {floor['wall'] * 1e3:7.2f} ms wall, "
+          f"{floor['cpu'] * 1e3:.2f} ms CPU: caps a forked plan at "
+          f"{1 / floor['cpu']:.0f} runs per CPU-second before it runs anything")
 
     rows: list[Row] = []
     try:

@@ -34,7 +34,8 @@ engine's mix of outcomes last changed, so a 1 s blackout at 1000 writes/ms
 is one record.  :meth:`DmaController.run` computes all steps of a period at
 once when no step can see another's effect (every write translated or never
 leaving its device, no write on a walked table or on another engine's page):
-a run's DMA then costs per engine and period, not per millisecond.  Where writes actually landed is kept per physical page in
+a run's DMA then costs per engine and period, not per millisecond.  Where
+writes actually landed is kept per physical page in
 :attr:`DmaController.landed`.
 
 Modes (:attr:`DmaController.mode`): ``reset-at-freeze`` (vfio v4/v5: freeze
