@@ -349,3 +349,52 @@ def test_renumbered_bus_uses_another_devices_context_entry() -> None:
     with pytest.raises(DmaFault) as exc:
         m.iommu.translate(0, rid(5, 0), 0x100040, True)
     assert exc.value.reason == "root-not-present"
+
+
+# -- 1 GiB leaves (iommu_pgsize() with SZ_1G in the intel pgsize_bitmap) -----------------
+GIB = 1 << 30
+
+
+def test_one_gib_leaves_golden_pte_bits_and_walk() -> None:
+    """A 1 GiB-aligned chunk is one level-3 leaf: PS | W | R and address bits 30-51."""
+    w = PageTableWriter(PhysicalMemory(8 * GIB), Bump())
+    pgd = w.new_table()
+    # iova 4 GiB -> pa 1 GiB, 2 GiB + 2 MiB + 4 KiB: two 1 GiB leaves, one 2 MiB, one 4 KiB
+    w.map(pgd, 4 * GIB, 1 * GIB, 2 * GIB + 2 * MIB + PAGE_SIZE)
+    pages = w.table_pages(pgd)
+    assert len(pages) == 4  # PML4, PDPT, one PD (for the 2 MiB leaf), one PT
+    pdpt = pages[1]
+    assert w.memory.read(pdpt + 8 * 4, 16) == bytes.fromhex(
+        "8300004000000000" "8300008000000000")  # pa 1 GiB and 2 GiB, PS|W|R
+    assert w.memory.read(pdpt + 8 * 6, 8) != bytes(8)  # a table pointer: no PS
+    assert w.memory.read_u64(pdpt + 8 * 6) & 0x80 == 0
+    walk = w.walk(pgd, 5 * GIB + 0x123456)
+    assert walk is not None and walk.level == 3 and walk.page_size == GIB
+    assert walk.pa == 2 * GIB + 0x123456 and walk.tables == tuple(pages[:2])
+    assert list(w.mappings(pgd)) == [
+        (4 * GIB, 1 * GIB, GIB, True, True), (5 * GIB, 2 * GIB, GIB, True, True),
+        (6 * GIB, 3 * GIB, 2 * MIB, True, True),
+        (6 * GIB + 2 * MIB, 3 * GIB + 2 * MIB, PAGE_SIZE, True, True)]
+    with pytest.raises(PageTableError):
+        w.map(pgd, 4 * GIB + 2 * MIB, 0, 2 * MIB)  # inside the 1 GiB leaf
+    with pytest.raises(PageTableError):
+        w.unmap(pgd, 4 * GIB, 2 * MIB)  # part of a 1 GiB page
+    assert w.unmap(pgd, 4 * GIB, GIB) == GIB
+    assert w.walk(pgd, 4 * GIB) is None and w.walk(pgd, 5 * GIB) is not None
+
+
+def test_one_gib_leaves_need_alignment_of_both_addresses() -> None:
+    """pa 2 MiB- but not 1 GiB-aligned: 2 MiB leaves only; ``gib_pages=False``
+    (SLLPS without 1 GiB) likewise; table counts show the leaf sizes."""
+    mem = PhysicalMemory(8 * GIB)
+    w = PageTableWriter(mem, Bump())
+    pgd = w.new_table()
+    w.map(pgd, 4 * GIB, GIB + 2 * MIB, GIB)
+    assert {s for _i, _p, s, _r, _w in w.mappings(pgd)} == {2 * MIB}
+    no_gib = PageTableWriter(mem, Bump(128 * MIB), gib_pages=False)
+    root = no_gib.new_table()
+    no_gib.map(root, 4 * GIB, GIB, 2 * GIB)
+    assert len(no_gib.table_pages(root)) == 4  # PML4, PDPT, two PDs of 2 MiB leaves
+    assert {s for _i, _p, s, _r, _w in no_gib.mappings(root)} == {2 * MIB}
+    walk = no_gib.walk(root, 4 * GIB)
+    assert walk is not None and walk.level == 2
