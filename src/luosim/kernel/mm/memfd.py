@@ -72,6 +72,29 @@ _MASK64 = (1 << 64) - 1
 _SEALS_KNOWN = MEMFD_LUO_ALL_SEALS
 
 
+#: Alignments (page orders) large file allocations ask of the page allocator:
+#: the IOMMU's 1 GiB and 2 MiB page sizes (PUD and PMD orders).
+PUD_ORDER = 18
+PMD_ORDER = 9
+
+
+def bulk_align(index: int, npages: int) -> int:
+    """Page order a bulk allocation of ``npages`` at file page ``index`` is placed on.
+
+    Modelling choice (see :meth:`PageAllocator.alloc_pages_bulk`): a
+    buddy allocator serves a large allocation from whole naturally aligned
+    free blocks, so guest RAM of at least 1 GiB (2 MiB) lands on 1 GiB
+    (2 MiB) boundaries - where its file offset is so aligned - and iommufd
+    maps it with the largest IOMMU pages, as ``iommu_map()`` does for
+    physically contiguous, aligned pfn batches.  Smaller allocations keep
+    plain first fit.
+    """
+    for order in (PUD_ORDER, PMD_ORDER):
+        if npages >= 1 << order and not index & ((1 << order) - 1):
+            return order
+    return 0
+
+
 def folio_seed(seed: int, index: int) -> int:
     """Per-folio seed of :meth:`MemfdFile.fill` (never the zero seed)."""
     return derive_seed(seed, index)
@@ -150,7 +173,8 @@ class MemfdFile(File):
         """
         order = self.folio_order
         index = first
-        for pa, n in self.kernel.mm.alloc_pages_bulk(order, nfolios):
+        for pa, n in self.kernel.mm.alloc_pages_bulk(order, nfolios,
+                                                     align=bulk_align(index, nfolios << order)):
             self.mem.fill_run(pa, order, n, seed, family=family, index0=index)
             self._add_run(index, pa, order, n)
             index += n << order
