@@ -123,6 +123,31 @@ class AllocMap:
     def runs(self) -> list[tuple[int, int, int]]:
         return list(self._runs)
 
+    def order0_spans(self, start: int, n: int) -> list[tuple[int, int]]:
+        """[a, b) stretches of ``[start, start + n)`` whose pages are allocated
+        order-0 blocks (what ``get(pfn) is not None`` says page by page for
+        order-0 runs; blocks of higher order count by their head only)."""
+        end = start + n
+        out: list[tuple[int, int]] = []
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        while i < len(self._runs) and self._starts[i] < end:
+            s, order, count = self._runs[i]
+            i += 1
+            e = s + (count << order)
+            if e <= start:
+                continue
+            if order == 0:
+                a, b = max(s, start), min(e, end)
+                if out and out[-1][1] == a:
+                    out[-1] = (out[-1][0], b)
+                else:
+                    out.append((a, b))
+            else:
+                first_head = s + (max(0, start - s) + (1 << order) - 1 >> order << order)
+                for head in range(first_head, min(e, end), 1 << order):
+                    out.append((head, head + 1))
+        return out
+
     def items(self) -> Iterator[tuple[int, int]]:
         for start, order, count in self._runs:
             for k in range(count):
