@@ -1003,7 +1003,7 @@ class Kho:
         # nodes, the first block needing each is found arithmetically, and its
         # leaf bits are slices - the cost is per run and node, not per block.
         first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
-        leaves: dict[int, np.ndarray] = {}  # leaf prefix -> unpacked bitmap
+        leaves: dict[int, list[tuple[int, int]]] = {}  # leaf prefix -> set bit ranges
         for start, o, n in self.preserved.runs():
             k0 = (1 << (KHO_ORDER_0_LOG2 - o)) | (start >> o)
             k1 = k0 + n  # exclusive
@@ -1016,12 +1016,9 @@ class Kho:
                     if key not in first_use or first < first_use[key]:
                         first_use[key] = first
                     if level == 0:
-                        bitmap = leaves.get(prefix)
-                        if bitmap is None:
-                            bitmap = leaves[prefix] = np.zeros(1 << KHO_BITMAP_SIZE_LOG2,
-                                                               dtype=np.uint8)
                         hi = min(k1, (prefix + 1) << shift)
-                        bitmap[lo - (prefix << shift):hi - (prefix << shift)] = 1
+                        leaves.setdefault(prefix, []).append(
+                            (lo - (prefix << shift), hi - (prefix << shift)))
         events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
         nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
         for _first, neg_level, prefix in events:
@@ -1037,7 +1034,15 @@ class Kho:
                 tables[parent][prefix & 511] = pa
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
-        for leaf, bitmap in leaves.items():
+        nbits = 1 << KHO_BITMAP_SIZE_LOG2
+        full = b"\xff" * (nbits >> 3)
+        for leaf, ranges in leaves.items():
+            if ranges == [(0, nbits)]:  # a leaf of one run covering it: all ones
+                self.mem.write_pages(nodes[(0, leaf)], full)
+                continue
+            bitmap = np.zeros(nbits, dtype=np.uint8)
+            for lo, hi in ranges:
+                bitmap[lo:hi] = 1
             self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
         return root
 
