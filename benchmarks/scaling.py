@@ -23,9 +23,14 @@ from luosim.scenario.schema import Scenario, scenario_from_dict
 GiB = 1 << 30
 
 
-def host(*, vms: int, vm_gib: int, endpoints: int, folio_order: int = 9) -> Scenario:
+def host(*, vms: int, vm_gib: int, endpoints: int, folio_order: int = 9,
+         hugetlb_1g: bool = False) -> Scenario:
     """``endpoints`` vfio functions behind switches of 4 ports, ``vms`` VMs of
-    ``vm_gib`` GiB (the first ``endpoints`` with one device each)."""
+    ``vm_gib`` GiB (the first ``endpoints`` with one device each).
+
+    ``hugetlb_1g``: guest RAM is a hugetlb memfd of 1 GiB pages from a
+    ``hugepagesz=1G`` pool on v9 kernels (the hugetlb live-update series needs
+    luo-v5); otherwise shmem memfds of ``folio_order`` folios on v7."""
     switches = max(1, -(-endpoints // 4))
     devices: list[dict[str, Any]] = []
     e = 0
@@ -44,19 +49,27 @@ def host(*, vms: int, vm_gib: int, endpoints: int, folio_order: int = 9) -> Scen
     ram = vms * vm_gib
     vm_specs = []
     for v in range(vms):
-        spec: dict[str, Any] = {"name": f"vm{v}", "memory": f"{vm_gib}GiB",
-                                "folio_order": folio_order}
+        spec: dict[str, Any] = {"name": f"vm{v}", "memory": f"{vm_gib}GiB"}
+        if hugetlb_1g:
+            spec["ram_backing"] = "hugetlb-1G"
+        else:
+            spec["folio_order"] = folio_order
         if v < endpoints:
             spec["devices"] = [f"ep{v}"]
             spec["dma"] = {"rate_per_ms": 20, "length": "1MiB"}
         vm_specs.append(spec)
+    kernels: dict[str, Any] = {"before": {"profile": "v7"},
+                               "after": [{"profile": "v7", "cmdline": "pci=assign-busses"}]}
+    if hugetlb_1g:
+        pool = f"hugepagesz=1G hugepages={ram}"
+        kernels = {"before": {"profile": "v9", "cmdline": pool},
+                   "after": [{"profile": "v9", "cmdline": f"pci=assign-busses {pool}"}]}
     data = {
         "name": f"scale-{vms}vm-{ram}g-{endpoints}ep",
         "machine": {"memory": f"{ram + 64}GiB",
                     "segments": [{"segment": 0, "firmware_numbering": "sparse",
                                   "firmware_bus_gap": 1, "devices": devices}]},
-        "kernels": {"before": {"profile": "v7"},
-                    "after": [{"profile": "v7", "cmdline": "pci=assign-busses"}]},
+        "kernels": kernels,
         "policy": {"dma.mode": "continuous"},
         "workload": {"blackout_ms": 20, "vms": vm_specs},
     }

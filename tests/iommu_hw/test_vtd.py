@@ -398,3 +398,43 @@ def test_one_gib_leaves_need_alignment_of_both_addresses() -> None:
     assert {s for _i, _p, s, _r, _w in no_gib.mappings(root)} == {2 * MIB}
     walk = no_gib.walk(root, 4 * GIB)
     assert walk is not None and walk.level == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_map_many_leaves_the_bytes_of_chunk_by_chunk_maps(seed: int) -> None:
+    """Descending 1 GiB pages (a hugetlb pool), 2 MiB and 4 KiB chunks, and an
+    overlap: map_many writes what map() per chunk writes and stops at the same
+    chunk with the same error."""
+    import random
+    rng = random.Random(seed)
+    chunks: list[tuple[int, int, int]] = []
+    iova = 4 * GIB
+    top = 7 * GIB
+    for _ in range(rng.randint(1, 6)):  # 1 GiB pages, physical order descending
+        chunks.append((iova, top, GIB))
+        iova += GIB
+        top -= GIB
+    for _ in range(rng.randint(0, 3)):
+        size = rng.choice([2 * MIB, PAGE_SIZE, 3 * PAGE_SIZE])
+        chunks.append((iova, rng.randrange(1, 64) * 2 * MIB, size))
+        iova += size
+    if rng.random() < 0.5:
+        k = rng.randrange(len(chunks))
+        chunks.append(chunks[k])  # mapped twice: EEXIST-like stop
+    a, b = PhysicalMemory(8 * GIB), PhysicalMemory(8 * GIB)
+    wa, wb = PageTableWriter(a, Bump()), PageTableWriter(b, Bump())
+    ra, rb = wa.new_table(), wb.new_table()
+    done_ref, err_ref = len(chunks), None
+    for i, c in enumerate(chunks):
+        try:
+            wa.map(ra, *c)
+        except PageTableError as exc:
+            done_ref, err_ref = i, str(exc)
+            break
+    done, err = wb.map_many(rb, chunks)
+    assert done == done_ref and (None if err is None else str(err)) == err_ref
+    pages = wa.table_pages(ra)
+    assert pages == wb.table_pages(rb)
+    for p in pages:
+        assert a.read(p, PAGE_SIZE) == b.read(p, PAGE_SIZE)
+    assert list(wa.mappings(ra)) == list(wb.mappings(rb))

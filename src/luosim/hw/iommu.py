@@ -798,6 +798,51 @@ class PageTableWriter:
             iova += n * page
             pa += n * page
 
+    def map_many(self, root_pa: int, chunks: Sequence[tuple[int, int, int]],
+                 write: bool = True, read: bool = True) -> tuple[int, PageTableError | None]:
+        """:meth:`map` of each (iova, pa, size) chunk in order; returns (chunks
+        mapped, the error that stopped it or None), with the bytes :meth:`map`
+        chunk by chunk would leave.
+
+        Chunks that are each exactly one superpage leaf, at consecutive iovas
+        of one table (a hugetlb file's 1 GiB pages, whatever their physical
+        order), are written with one table write.
+        """
+        n = len(chunks)
+        flags = (PTE_R if read else 0) | (PTE_W if write else 0) | PTE_PS
+        i = 0
+        while i < n:
+            iova, pa, size = chunks[i]
+            level = self._leaf_level(iova, pa, size) if size > 0 else 1
+            page = 1 << level_shift(level)
+            j = i + 1
+            if level > 1 and size == page and iova >= 0:
+                room = ENTRIES_PER_TABLE - level_index(iova, level)
+                while (j < n and j - i < room and chunks[j][2] == page
+                       and chunks[j][0] == iova + (j - i) * page and not chunks[j][1] % page):
+                    j += 1
+            if j - i > 1 and iova + (j - i) * page <= self.address_limit:
+                pas = np.array([c[1] for c in chunks[i:j]], dtype=np.uint64)
+                if not (pas & ~np.uint64(PTE_ADDR_MASK)).any():
+                    try:
+                        table = self._table_for(root_pa, iova, level, True)
+                    except PageTableError as exc:
+                        return i, exc
+                    assert table is not None
+                    slot = table + PTE_SIZE * level_index(iova, level)
+                    cur = np.frombuffer(self.memory.read(slot, PTE_SIZE * (j - i)), dtype="<u8")
+                    if not (cur & np.uint64(PTE_R | PTE_W)).any():
+                        self.memory.write(slot, (pas | np.uint64(flags)).astype("<u8").tobytes())
+                        i = j
+                        continue
+            for k in range(i, j):  # one chunk at a time (and where the batch would not do)
+                try:
+                    self.map(root_pa, *chunks[k], write=write, read=read)
+                except PageTableError as exc:
+                    return k, exc
+            i = j
+        return n, None
+
     def unmap(self, root_pa: int, iova: int, size: int) -> int:
         """Clear leaves in ``[iova, iova+size)``; return the bytes unmapped.
 
