@@ -4,7 +4,9 @@
 
 Each point is one clean run of a generated host (v7 -> v7, pci=assign-busses,
 live DMA on the VMs with a device), timed in process after a warm-up run;
-the best of ``--repeat`` runs is kept.  For each axis the table gives the
+the best of ``--repeat`` runs is kept.  Guest RAM is a shmem memfd of 2 MiB
+or 4 KiB folios on v7 kernels, or a hugetlb memfd of 1 GiB pages (one
+preserved folio per GiB) on v9 kernels.  For each axis the table gives the
 wall time per point and the least-squares cost per unit (seconds per GiB,
 per VM, per endpoint); "flat" means the per-unit cost is noise next to the
 fixed cost.  Timings on a shared machine: read them as upper bounds.
@@ -106,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     axes: list[tuple[str, str, list[int], Any]] = [
         ("guest RAM (1 VM, 2 MiB folios)", "GiB", ram_points,
          lambda g: host(vms=1, vm_gib=g, endpoints=1)),
+        # 32 GiB of 4 KiB folios is the schema's MAX_FOLIOS (2^23 folios per run)
         ("guest RAM (1 VM, 4 KiB folios)", "GiB", [1, 4, 16] if args.quick else [1, 4, 16, 32],
          lambda g: host(vms=1, vm_gib=g, endpoints=1, folio_order=0)),
+        ("guest RAM (1 VM, 1 GiB hugetlb pages, v9)", "GiB", ram_points,
+         lambda g: host(vms=1, vm_gib=g, endpoints=1, hugetlb_1g=True)),
         ("VMs (1 GiB each, 2 devices)", "VM", [2, 16, 64] if args.quick else [2, 16, 64, 256],
          lambda n: host(vms=n, vm_gib=1, endpoints=2)),
         ("endpoints (a VM each)", "endpoint", [4, 16] if args.quick else [4, 16, 64],

@@ -1004,7 +1004,14 @@ class Kho:
         # leaf bits are slices - the cost is per run and node, not per block.
         first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
         leaves: dict[int, list[tuple[int, int]]] = {}  # leaf prefix -> set bit ranges
+        merged: list[list[int]] = []  # runs that follow on joined (per-folio preserves)
         for start, o, n in self.preserved.runs():
+            last = merged[-1] if merged else None
+            if last is not None and last[1] == o and last[0] + (last[2] << o) == start:
+                last[2] += n
+            else:
+                merged.append([start, o, n])
+        for start, o, n in merged:
             k0 = (1 << (KHO_ORDER_0_LOG2 - o)) | (start >> o)
             k1 = k0 + n  # exclusive
             for level in range(top):
