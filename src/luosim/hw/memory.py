@@ -100,6 +100,7 @@ class Field:
 
 
 _WIDTHS = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +160,6 @@ class Records:
             buf[:, f.offset:f.offset + f.count * f.width] = raw
         flat = buf.reshape(-1)[off - r0 * self.size:end - r0 * self.size].tobytes()
         return flat + bytes(n - len(flat))
-
-
-_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
