@@ -280,3 +280,29 @@ def test_preserve_fault_on_the_nth_folio_lands_on_that_folio() -> None:
 
 def test_np_is_used_for_the_bulk_paths() -> None:
     assert np.__version__ >= "1.26"
+
+
+def test_full_radix_leaves_are_one_run_and_match_the_generator() -> None:
+    """Runs that fill whole leaves (guest RAM): the writer emits all-ones leaves,
+    the bulk walker joins them into one run, and the blocks are the generator's."""
+    m = Machine.from_topology({"memory": "256GiB"})
+    k = m.boot("v7")
+    leaf = 1 << 15  # keys per leaf
+    k.kho.preserved.add_run(1 << 21, 0, 3 * leaf, "t")  # three full order-0 leaves
+    k.kho.preserved.add_run(1 << 24, 9, leaf + 5, "t")  # a full order-9 leaf and a bit
+    k.kho.preserved.add((7, 0), "t")
+    root = k.kho._write_radix_tree()
+
+    def read(pa: int) -> bytes:
+        return m.memory.read(pa, PAGE_SIZE)
+
+    nodes: list[int] = []
+    want = list(walk_radix_tree(read, root, m.memory.size, on_node=nodes.append))
+    got = walk_radix_arrays(read, root, m.memory.size)
+    assert got.error is None and got.nodes == nodes
+    assert got.blocks() == want
+    runs = list(zip(got.pa.tolist(), got.order.tolist(), got.count.tolist()))
+    assert (1 << 33, 0, 3 * leaf) in runs  # three leaves, one run
+    assert (1 << 36, 9, leaf) in runs and (((1 << 24) + (leaf << 9)) << 12, 9, 5) in runs
+    full = [n for n in nodes if m.memory.read(n, PAGE_SIZE) == b"\xff" * PAGE_SIZE]
+    assert len(full) == 4

@@ -6,6 +6,12 @@ before the extent model was merged (after the ABI layouts, the kho-v3 root
 and kexec-metadata changed the hand-over on purpose), and checked identical
 with the extent model merged; every byte of the hand-over metadata and,
 for small-host and the API case, of the guest RAM must be identical.
+
+Re-recorded once more on purpose (branch flat12) when large memfd allocations
+became 2 MiB / 1 GiB aligned (``bulk_align()`` in kernel/mm/memfd.py): guest
+RAM moved, so the folio-array pfns, the KHO radix bitmaps and the IOMMU
+tables (now 2 MiB leaves, as ``iommu_map()`` picks them) changed; small-host
+did not move.  Generated (descriptor) pages changed no digest.
 """
 
 from __future__ import annotations

@@ -349,3 +349,92 @@ def test_renumbered_bus_uses_another_devices_context_entry() -> None:
     with pytest.raises(DmaFault) as exc:
         m.iommu.translate(0, rid(5, 0), 0x100040, True)
     assert exc.value.reason == "root-not-present"
+
+
+# -- 1 GiB leaves (iommu_pgsize() with SZ_1G in the intel pgsize_bitmap) -----------------
+GIB = 1 << 30
+
+
+def test_one_gib_leaves_golden_pte_bits_and_walk() -> None:
+    """A 1 GiB-aligned chunk is one level-3 leaf: PS | W | R and address bits 30-51."""
+    w = PageTableWriter(PhysicalMemory(8 * GIB), Bump())
+    pgd = w.new_table()
+    # iova 4 GiB -> pa 1 GiB, 2 GiB + 2 MiB + 4 KiB: two 1 GiB leaves, one 2 MiB, one 4 KiB
+    w.map(pgd, 4 * GIB, 1 * GIB, 2 * GIB + 2 * MIB + PAGE_SIZE)
+    pages = w.table_pages(pgd)
+    assert len(pages) == 4  # PML4, PDPT, one PD (for the 2 MiB leaf), one PT
+    pdpt = pages[1]
+    assert w.memory.read(pdpt + 8 * 4, 16) == bytes.fromhex(
+        "8300004000000000" "8300008000000000")  # pa 1 GiB and 2 GiB, PS|W|R
+    assert w.memory.read(pdpt + 8 * 6, 8) != bytes(8)  # a table pointer: no PS
+    assert w.memory.read_u64(pdpt + 8 * 6) & 0x80 == 0
+    walk = w.walk(pgd, 5 * GIB + 0x123456)
+    assert walk is not None and walk.level == 3 and walk.page_size == GIB
+    assert walk.pa == 2 * GIB + 0x123456 and walk.tables == tuple(pages[:2])
+    assert list(w.mappings(pgd)) == [
+        (4 * GIB, 1 * GIB, GIB, True, True), (5 * GIB, 2 * GIB, GIB, True, True),
+        (6 * GIB, 3 * GIB, 2 * MIB, True, True),
+        (6 * GIB + 2 * MIB, 3 * GIB + 2 * MIB, PAGE_SIZE, True, True)]
+    with pytest.raises(PageTableError):
+        w.map(pgd, 4 * GIB + 2 * MIB, 0, 2 * MIB)  # inside the 1 GiB leaf
+    with pytest.raises(PageTableError):
+        w.unmap(pgd, 4 * GIB, 2 * MIB)  # part of a 1 GiB page
+    assert w.unmap(pgd, 4 * GIB, GIB) == GIB
+    assert w.walk(pgd, 4 * GIB) is None and w.walk(pgd, 5 * GIB) is not None
+
+
+def test_one_gib_leaves_need_alignment_of_both_addresses() -> None:
+    """pa 2 MiB- but not 1 GiB-aligned: 2 MiB leaves only; ``gib_pages=False``
+    (SLLPS without 1 GiB) likewise; table counts show the leaf sizes."""
+    mem = PhysicalMemory(8 * GIB)
+    w = PageTableWriter(mem, Bump())
+    pgd = w.new_table()
+    w.map(pgd, 4 * GIB, GIB + 2 * MIB, GIB)
+    assert {s for _i, _p, s, _r, _w in w.mappings(pgd)} == {2 * MIB}
+    no_gib = PageTableWriter(mem, Bump(128 * MIB), gib_pages=False)
+    root = no_gib.new_table()
+    no_gib.map(root, 4 * GIB, GIB, 2 * GIB)
+    assert len(no_gib.table_pages(root)) == 4  # PML4, PDPT, two PDs of 2 MiB leaves
+    assert {s for _i, _p, s, _r, _w in no_gib.mappings(root)} == {2 * MIB}
+    walk = no_gib.walk(root, 4 * GIB)
+    assert walk is not None and walk.level == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_map_many_leaves_the_bytes_of_chunk_by_chunk_maps(seed: int) -> None:
+    """Descending 1 GiB pages (a hugetlb pool), 2 MiB and 4 KiB chunks, and an
+    overlap: map_many writes what map() per chunk writes and stops at the same
+    chunk with the same error."""
+    import random
+    rng = random.Random(seed)
+    chunks: list[tuple[int, int, int]] = []
+    iova = 4 * GIB
+    top = 7 * GIB
+    for _ in range(rng.randint(1, 6)):  # 1 GiB pages, physical order descending
+        chunks.append((iova, top, GIB))
+        iova += GIB
+        top -= GIB
+    for _ in range(rng.randint(0, 3)):
+        size = rng.choice([2 * MIB, PAGE_SIZE, 3 * PAGE_SIZE])
+        chunks.append((iova, rng.randrange(1, 64) * 2 * MIB, size))
+        iova += size
+    if rng.random() < 0.5:
+        k = rng.randrange(len(chunks))
+        chunks.append(chunks[k])  # mapped twice: EEXIST-like stop
+    a, b = PhysicalMemory(8 * GIB), PhysicalMemory(8 * GIB)
+    wa, wb = PageTableWriter(a, Bump()), PageTableWriter(b, Bump())
+    ra, rb = wa.new_table(), wb.new_table()
+    done_ref, err_ref = len(chunks), None
+    for i, c in enumerate(chunks):
+        try:
+            wa.map(ra, *c)
+        except PageTableError as exc:
+            done_ref, err_ref = i, str(exc)
+            break
+    done, err = wb.map_many(rb, chunks)
+    assert done == done_ref and (None if err is None else str(err)) == err_ref
+    pages = wa.table_pages(ra)
+    assert pages == wb.table_pages(rb)
+    for p in pages:
+        assert a.read(p, PAGE_SIZE) == b.read(p, PAGE_SIZE)
+    assert list(wa.mappings(ra)) == list(wb.mappings(rb))

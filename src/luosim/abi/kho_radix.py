@@ -63,8 +63,14 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pa, order
 
 
+_FULL_LEAF = b"\xff" * (1 << (KHO_BITMAP_SIZE_LOG2 - 3))
+
+
 def _leaf_runs(page: bytes, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of set bits of a leaf whose keys all have one order (start >= 2**15)."""
+    if page == _FULL_LEAF:  # every key (a TiB of guest RAM is mostly full leaves): one run
+        pa, order = decode_keys(np.array([start], dtype=np.int64))
+        return pa, order, np.array([1 << KHO_BITMAP_SIZE_LOG2], dtype=np.int64)
     bits = np.unpackbits(np.frombuffer(page, dtype=np.uint8), bitorder="little").astype(np.int8)
     edges = np.diff(np.concatenate(([0], bits, [0])).astype(np.int8))
     first = np.flatnonzero(edges == 1)
@@ -84,8 +90,31 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
     counts: list[np.ndarray] = []
     seen = 0
 
+    full: list[int] = []  # [pa, order, count] of full leaves not yet appended
+
+    def flush_full() -> None:
+        if full:
+            pas.append(np.array([full[0]], dtype=np.uint64))
+            orders.append(np.array([full[1]], dtype=np.int64))
+            counts.append(np.array([full[2]], dtype=np.int64))
+            full.clear()
+
     def leaf(node_pa: int, page: bytes, start: int) -> None:
-        if 0 < start < _SAFE_KEY and start + (1 << KHO_BITMAP_SIZE_LOG2) <= _SAFE_KEY:
+        safe = 0 < start < _SAFE_KEY and start + (1 << KHO_BITMAP_SIZE_LOG2) <= _SAFE_KEY
+        if safe and page == _FULL_LEAF:
+            # every key set (guest RAM is mostly full leaves): one run, joined
+            # to the previous full leaf when the blocks follow on
+            o = KHO_ORDER_0_LOG2 + 1 - start.bit_length()
+            p = (start & ~(1 << (KHO_ORDER_0_LOG2 - o))) << (PAGE_SHIFT + o)
+            n = 1 << KHO_BITMAP_SIZE_LOG2
+            if full and full[1] == o and full[0] + (full[2] << (PAGE_SHIFT + o)) == p:
+                full[2] += n
+            else:
+                flush_full()
+                full.extend((p, o, n))
+            return
+        flush_full()
+        if safe:
             pa, order, count = _leaf_runs(page, start)
             pas.append(pa)
             orders.append(order)
@@ -126,6 +155,7 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
         walk(root_pa, KHO_TREE_MAX_DEPTH - 1, 0)
     except DecodeError as exc:
         out.error = exc
+    flush_full()
     if pas:
         out.pa = np.concatenate(pas)
         out.order = np.concatenate(orders)

@@ -22,6 +22,7 @@ import numpy as np
 from luosim.abi.block import check_uint
 from luosim.abi.cdecl import CStruct, codec, declare
 from luosim.abi.errors import DecodeError
+from luosim.hw.memory import BytePiece, Field, GenPiece, Records
 
 KHO_H = "torvalds/linux@c17ee635 include/linux/kho/abi/kexec_handover.h"
 KHO_C = "torvalds/linux@c17ee635 kernel/liveupdate/kexec_handover.c"
@@ -231,3 +232,162 @@ def decode_folio_arrays(buf: bytes, nr_folios: int, what: str = "memfd folio arr
     word = recs["pfn_flags"]
     return (word & np.uint64((1 << PFN_BITS) - 1), word >> np.uint64(PFN_BITS),
             recs["index"].copy())
+
+
+# -- generated records (hw.memory.Records) -----------------------------------------
+#: One ``memfd_luo_folio_ser`` per folio as generated-record fields: the
+#: pfn:52/flags:12 word at 0 and ``index`` at 8, both stepping by the folio size.
+_FOLIO_FIELDS = ((0, 8), (8, 8))
+
+
+def folio_records(runs: Sequence[tuple[int, int, int, int]], flags: int) -> list[Records]:
+    """The folio array of runs (index, pa, order, count) as generated records, one
+    segment per run: the bytes :func:`encode_folio_runs` gives, at a cost per run."""
+    check_uint("memfd_luo_folio_ser.flags", flags, FOLIO_FLAG_BITS)
+    out: list[Records] = []
+    for index, pa, order, count in runs:
+        if count <= 0:
+            continue
+        step = 1 << order
+        pfn0 = pa >> PAGE_SHIFT
+        last = pfn0 + (count - 1) * step
+        if last >> PFN_BITS:
+            raise ValueError(f"memfd_luo_folio_ser.pfn: {last:#x} exceeds {PFN_BITS} bits")
+        out.append(Records(MemfdLuoFolioSer.SIZE, count, (
+            Field(0, 8, pfn0 | (flags << PFN_BITS), step),
+            Field(8, 8, index, step))))
+    return out
+
+
+@dataclass(frozen=True)
+class FolioSegments:
+    """Decoded folio records as segments: record ``first[s] + k`` (k < ``count[s]``)
+    has pfn ``pfn[s] + k * pfn_step[s]``, flags ``flags[s]`` and index
+    ``index[s] + k * index_step[s]`` (uint64 arithmetic; int64 arrays)."""
+
+    pfn: np.ndarray
+    flags: np.ndarray
+    index: np.ndarray
+    pfn_step: np.ndarray
+    index_step: np.ndarray
+    count: np.ndarray
+
+    @property
+    def nr(self) -> int:
+        return int(self.count.sum())
+
+    def expand(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pfn, flags, index) per record, as :func:`decode_folio_arrays` gives them."""
+        n = self.nr
+        seg = np.repeat(np.arange(self.count.size), self.count)
+        first = np.concatenate(([0], np.cumsum(self.count)[:-1])) if self.count.size else \
+            np.zeros(0, dtype=np.int64)
+        k = (np.arange(n, dtype=np.int64) - first[seg]).astype(np.uint64)
+        pfn = self.pfn.astype(np.uint64)[seg] + k * self.pfn_step.astype(np.uint64)[seg]
+        idx = self.index.astype(np.uint64)[seg] + k * self.index_step.astype(np.uint64)[seg]
+        return pfn, self.flags.astype(np.uint64)[seg], idx
+
+
+def _linear_field(rec: Records, offset: int) -> Field | None:
+    """The field at ``offset`` if it is the only one there (absent: zero)."""
+    hits = [f for f in rec.fields
+            if f.offset < offset + 8 and offset < f.offset + f.width * f.count]
+    if not hits:
+        return Field(offset, 8, 0, 0)
+    if len(hits) == 1 and hits[0].offset == offset and hits[0].width == 8 and hits[0].count == 1:
+        return hits[0]
+    return None
+
+
+def _gen_segment(rec: Records, k0: int, n: int) -> tuple[int, int, int, int, int] | None:
+    """(pfn, flags, index, pfn step, index step) of records ``k0..k0+n`` of ``rec``
+    when they decode linearly (no carry into the flags, no wrap), else None."""
+    if rec.size != MemfdLuoFolioSer.SIZE or k0 + n > rec.nrec:
+        return None
+    word, idx = _linear_field(rec, 0), _linear_field(rec, 8)
+    if word is None or idx is None:
+        return None
+    w0 = word.base + k0 * word.step
+    i0 = idx.base + k0 * idx.step
+    mask = (1 << PFN_BITS) - 1
+    if (word.step >> PFN_BITS or (w0 & mask) + (n - 1) * word.step > mask
+            or w0 + (n - 1) * word.step >> 64 or i0 + (n - 1) * idx.step >> 64):
+        return None
+    return w0 & mask, w0 >> PFN_BITS, i0, word.step, idx.step
+
+
+def decode_folio_pieces(pieces: Sequence[BytePiece | GenPiece], nr_folios: int,
+                        what: str = "memfd folio array") -> FolioSegments:
+    """:func:`decode_folio_arrays` of the bytes of ``pieces`` (memory pieces in
+    area order), as segments: generated pages whose records are folio records
+    decode per descriptor, everything else byte by byte.  Same result and
+    same errors as decoding the joined bytes."""
+    size = MemfdLuoFolioSer.SIZE
+    total = sum(p.length for p in pieces)
+    if nr_folios * size > total:
+        raise DecodeError(what, total - total % size, "memfd_luo_folio_ser",
+                          f"{nr_folios} folios need {nr_folios * size} bytes, have {total}",
+                          kind="truncated")
+    segs: list[tuple[int, int, int, int, int, int]] = []  # pfn, flags, index, dp, di, n
+    pending: list[bytes] = []
+    pos = 0  # bytes of the area consumed (decoded or pending)
+    done = 0  # records decoded
+
+    def flush() -> None:
+        nonlocal done
+        raw = b"".join(pending)
+        pending.clear()
+        n = min(len(raw) // size, nr_folios - done)
+        if n <= 0:
+            return
+        pfn, flags, index = decode_folio_arrays(raw, n, what)
+        segs.extend(_byte_segments(pfn, flags, index))
+        done += n
+
+    for p in pieces:
+        if pos >= nr_folios * size:
+            break
+        if isinstance(p, GenPiece) and pos % size == 0 and p.off % size == 0:
+            k0 = p.off // size
+            n = min(p.length // size, nr_folios - pos // size)
+            lin = _gen_segment(p.records, k0, n) if n > 0 else None
+            if lin is not None and p.length % size == 0:
+                flush()
+                segs.append((*lin, n))
+                done += n
+                pos += p.length
+                continue
+        pending.append(p.materialise() if isinstance(p, GenPiece) else p.data)
+        pos += p.length
+    flush()
+    arr = np.array(segs, dtype=np.uint64).reshape(-1, 6)
+    cols = [arr[:, c].astype(np.int64) for c in range(6)]
+    return FolioSegments(*cols)
+
+
+def _byte_segments(pfn: np.ndarray, flags: np.ndarray, index: np.ndarray
+                   ) -> list[tuple[int, int, int, int, int, int]]:
+    """Per-record arrays as maximal segments of constant steps and flags."""
+    n = int(pfn.size)
+    if not n:
+        return []
+    with np.errstate(over="ignore"):
+        dp = np.diff(pfn)
+        di = np.diff(index)
+    # record j+1 continues record j's segment when the steps and flags stay the same
+    same = np.ones(max(0, n - 1), dtype=bool)
+    if n > 2:
+        same[1:] = (dp[1:] == dp[:-1]) & (di[1:] == di[:-1])
+    same &= flags[1:] == flags[:-1]
+    out: list[tuple[int, int, int, int, int, int]] = []
+    breaks = np.flatnonzero(~same).tolist()  # a segment ends after record b
+    start = 0
+    for b in [*breaks, n - 1]:
+        # records start..b+1 share steps except that a break at b ends at b
+        end = b + 1  # exclusive
+        i = start
+        cnt = end - i
+        out.append((int(pfn[i]), int(flags[i]), int(index[i]),
+                    int(dp[i]) if cnt > 1 else 0, int(di[i]) if cnt > 1 else 0, cnt))
+        start = end
+    return out

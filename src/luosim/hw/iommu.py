@@ -667,20 +667,30 @@ class PageTableWriter:
 
     ``alloc_page`` returns the physical address of a free page (the driver's
     allocator); the writer zeroes it.  Non-leaf entries carry ``R|W`` (VT-d
-    ANDs permissions over all levels).  With ``superpages`` true, ``map``
-    uses 2 MiB leaves (level 2, ``PS``) where iova, pa and size allow; 1 GiB
-    leaves are only walked, never created.  ``unmap`` clears leaves but never
+    ANDs permissions over all levels).  ``unmap`` clears leaves but never
     frees table pages.
+
+    Leaf sizes follow ``iommu_map()``: for each chunk the largest page size
+    of the domain's ``pgsize_bitmap`` to which iova, pa and the remaining
+    size are all aligned (``iommu_pgsize()``, drivers/iommu/iommu.c).  The
+    intel driver builds that bitmap in ``paging_domain_alloc()`` from
+    ``iommu_superpage_capability()`` = ``fls(cap_super_page_val(cap))``
+    (CAP_REG.SLLPS, bits 34-37) and ``domain_super_pgsize_bitmap()``: 1 ->
+    ``SZ_2M``, 2 -> ``SZ_2M | SZ_1G`` (drivers/iommu/intel/iommu.c).  The
+    modelled unit reports SLLPS = 0b11, so ``superpages`` (the default) makes
+    2 MiB leaves (level 2, ``PS``) and, with ``gib_pages`` (default), 1 GiB
+    leaves (level 3, ``PS``); ``superpages=False`` is ``intel_iommu=sp_off``.
     """
 
     def __init__(self, memory: PhysicalMemory, alloc_page: Callable[[], int], *,
-                 levels: int = 4, superpages: bool = True) -> None:
+                 levels: int = 4, superpages: bool = True, gib_pages: bool = True) -> None:
         if levels not in AW_LEVELS.values():
             raise ValueError(f"{levels}-level tables not supported")
         self.memory = memory
         self.alloc_page = alloc_page
         self.levels = levels
         self.superpages = superpages
+        self.gib_pages = superpages and gib_pages
 
     @property
     def address_limit(self) -> int:
@@ -728,60 +738,110 @@ class PageTableWriter:
         if iova < 0 or iova + size > self.address_limit:
             raise PageTableError(f"iova range beyond {self.levels}-level address width")
 
+    def _leaf_level(self, iova: int, pa: int, left: int) -> int:
+        """``iommu_pgsize()``: the largest leaf level whose page iova, pa and
+        ``left`` allow (1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB)."""
+        top = 3 if self.gib_pages else 2 if self.superpages else 1
+        for level in range(top, 1, -1):
+            size = 1 << level_shift(level)
+            if not (iova | pa) & (size - 1) and left >= size:
+                return level
+        return 1
+
     def map(self, root_pa: int, iova: int, pa: int, size: int, write: bool = True,
             read: bool = True) -> None:
-        """Map ``[iova, iova+size)`` to ``[pa, pa+size)``; refuses overlaps."""
+        """Map ``[iova, iova+size)`` to ``[pa, pa+size)``; refuses overlaps.
+
+        Each chunk takes the largest leaf :meth:`_leaf_level` allows, and
+        every leaf of one size left in one table goes in one write, so the
+        cost is per table written, not per page mapped.
+        """
         self._check_range(iova, size, pa)
         if not (read or write):
             raise PageTableError("a mapping needs R or W")
-        big = 1 << level_shift(2)
         end = iova + size
-        l2: tuple[int, int] | None = None  # (iova >> 30, its level-2 table)
+        flags = (PTE_R if read else 0) | (PTE_W if write else 0)
+        parent: tuple[int, int] | None = None  # (iova >> 30, its level-2 table)
         while iova < end:
-            if (self.superpages and iova % big == 0 and pa % big == 0
-                    and end - iova >= big):
-                # every 2 MiB leaf left in this level-2 table in one write
-                table = self._table_for(root_pa, iova, 2, True)
-                assert table is not None
-                first = level_index(iova, 2)
-                n = min(ENTRIES_PER_TABLE - first, (end - iova) // big)
-                encode_pte(pa + (n - 1) * big)  # the whole run is addressable
-                slot = table + PTE_SIZE * first
-                cur = np.frombuffer(self.memory.read(slot, PTE_SIZE * n), dtype="<u8")
-                busy = np.flatnonzero(cur & (PTE_R | PTE_W))
-                good = int(busy[0]) if busy.size else n
-                flags = (PTE_R if read else 0) | (PTE_W if write else 0) | PTE_PS
-                ptes = (np.uint64(pa) + np.arange(good, dtype=np.uint64) * np.uint64(big)
-                        ) | np.uint64(flags)
-                if good:
-                    self.memory.write(slot, ptes.astype("<u8").tobytes())
-                if busy.size:
-                    raise PageTableError(f"iova {iova + good * big:#x} already mapped")
-                iova += n * big
-                pa += n * big
-                continue
-            # the level-2 table is the same for 1 GiB of iova: walk down to it once
-            gib = iova >> level_shift(3)
-            if l2 is None or l2[0] != gib:
-                l2_table = self._table_for(root_pa, iova, 2, True)
-                assert l2_table is not None
-                l2 = (gib, l2_table)
-            table = self._next(l2[1], iova, 2, True)
+            level = self._leaf_level(iova, pa, end - iova)
+            page = 1 << level_shift(level)
+            if level > 1:
+                table = self._table_for(root_pa, iova, level, True)
+            else:  # the level-2 table is the same for 1 GiB of iova: walk down to it once
+                gib = iova >> level_shift(3)
+                if parent is None or parent[0] != gib:
+                    l2_table = self._table_for(root_pa, iova, 2, True)
+                    assert l2_table is not None
+                    parent = (gib, l2_table)
+                table = self._next(parent[1], iova, 2, True)
             assert table is not None
-            first = level_index(iova, 1)
-            n = min(ENTRIES_PER_TABLE - first, (end - iova) >> 12)
-            if self.superpages:  # stop at the next 2 MiB boundary that could go big
-                n = min(n, max(1, (big - iova % big) >> 12))
-            old = np.frombuffer(self.memory.read(table + PTE_SIZE * first, PTE_SIZE * n),
-                                dtype="<u8")
-            if (old & np.uint64(PTE_R | PTE_W)).any():
+            first = level_index(iova, level)
+            n = min(ENTRIES_PER_TABLE - first, (end - iova) >> level_shift(level))
+            if level < 3 and self.superpages:  # stop where a bigger leaf could start
+                big = 1 << level_shift(level + 1)
+                if level == 1 or self.gib_pages:
+                    n = min(n, max(1, (big - iova % big) >> level_shift(level)))
+            encode_pte(pa + (n - 1) * page)  # the whole run is addressable
+            slot = table + PTE_SIZE * first
+            cur = np.frombuffer(self.memory.read(slot, PTE_SIZE * n), dtype="<u8")
+            busy = np.flatnonzero(cur & np.uint64(PTE_R | PTE_W))
+            good = int(busy[0]) if busy.size else n
+            if busy.size and level == 1:  # 4 KiB leaves: nothing written on overlap
                 raise PageTableError(f"iova range at {iova:#x} already mapped")
-            flags = (PTE_R if read else 0) | (PTE_W if write else 0)
-            entries = ((np.uint64(pa) + (np.arange(n, dtype=np.uint64) << np.uint64(12)))
-                       | np.uint64(flags)).astype("<u8").tobytes()
-            self.memory.write(table + PTE_SIZE * first, entries)
-            iova += n << 12
-            pa += n << 12
+            if good:
+                leaf = flags | (PTE_PS if level > 1 else 0)
+                ptes = (np.uint64(pa) + (np.arange(good, dtype=np.uint64)
+                                         << np.uint64(level_shift(level)))) | np.uint64(leaf)
+                self.memory.write(slot, ptes.astype("<u8").tobytes())
+            if busy.size:
+                raise PageTableError(f"iova {iova + good * page:#x} already mapped")
+            iova += n * page
+            pa += n * page
+
+    def map_many(self, root_pa: int, chunks: Sequence[tuple[int, int, int]],
+                 write: bool = True, read: bool = True) -> tuple[int, PageTableError | None]:
+        """:meth:`map` of each (iova, pa, size) chunk in order; returns (chunks
+        mapped, the error that stopped it or None), with the bytes :meth:`map`
+        chunk by chunk would leave.
+
+        Chunks that are each exactly one superpage leaf, at consecutive iovas
+        of one table (a hugetlb file's 1 GiB pages, whatever their physical
+        order), are written with one table write.
+        """
+        n = len(chunks)
+        flags = (PTE_R if read else 0) | (PTE_W if write else 0) | PTE_PS
+        i = 0
+        while i < n:
+            iova, pa, size = chunks[i]
+            level = self._leaf_level(iova, pa, size) if size > 0 else 1
+            page = 1 << level_shift(level)
+            j = i + 1
+            if level > 1 and size == page and iova >= 0:
+                room = ENTRIES_PER_TABLE - level_index(iova, level)
+                while (j < n and j - i < room and chunks[j][2] == page
+                       and chunks[j][0] == iova + (j - i) * page and not chunks[j][1] % page):
+                    j += 1
+            if j - i > 1 and iova + (j - i) * page <= self.address_limit:
+                pas = np.array([c[1] for c in chunks[i:j]], dtype=np.uint64)
+                if not (pas & ~np.uint64(PTE_ADDR_MASK)).any():
+                    try:
+                        table = self._table_for(root_pa, iova, level, True)
+                    except PageTableError as exc:
+                        return i, exc
+                    assert table is not None
+                    slot = table + PTE_SIZE * level_index(iova, level)
+                    cur = np.frombuffer(self.memory.read(slot, PTE_SIZE * (j - i)), dtype="<u8")
+                    if not (cur & np.uint64(PTE_R | PTE_W)).any():
+                        self.memory.write(slot, (pas | np.uint64(flags)).astype("<u8").tobytes())
+                        i = j
+                        continue
+            for k in range(i, j):  # one chunk at a time (and where the batch would not do)
+                try:
+                    self.map(root_pa, *chunks[k], write=write, read=read)
+                except PageTableError as exc:
+                    return k, exc
+            i = j
+        return n, None
 
     def unmap(self, root_pa: int, iova: int, size: int) -> int:
         """Clear leaves in ``[iova, iova+size)``; return the bytes unmapped.

@@ -26,7 +26,7 @@ import bisect
 import errno
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,7 +55,7 @@ from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.faults.mutator import corrupt_kho_root, corrupt_radix_root
-from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE
+from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, BytePiece, GenPiece, Piece, Records
 from luosim.kernel.mm.page_alloc import order_for
 
 if TYPE_CHECKING:
@@ -771,7 +771,8 @@ class Kho:
         self.unpreserve_folio(pa, order)
         self.kernel.mm.free_pages(pa, order)
 
-    def _preserve_vmalloc_bulk(self, data: bytes, nr: int, groups: int) -> bytes | None:
+    def _preserve_vmalloc_bulk(self, data: bytes | Sequence[Records], nr: int, groups: int
+                               ) -> bytes | None:
         """:meth:`preserve_vmalloc` by runs of pages: the same pages, bytes, blocks
         and fault occurrences; None (nothing done) when it must go page by page
         (a planned fault, not enough memory for all at once).
@@ -780,6 +781,10 @@ class Kho:
         include/linux/kho/abi/kexec_handover.h: one page per
         ``kho_vmalloc_chunk``, ``hdr.next`` then a zero-terminated
         ``phys[KHO_VMALLOC_SIZE]`` (511 entries).
+
+        ``data`` given as generated records (:class:`~luosim.hw.memory.Records`
+        segments, one after the other) is laid out as generated pages: the
+        same bytes, at a cost per segment and physical run.
         """
         k = self.kernel
         if k.machine.faults.pending(FP_PRESERVE, nr + groups):
@@ -800,12 +805,17 @@ class Kho:
             for pa, n in all_runs:
                 k.mm.free_run(pa, 0, n)
             return None
-        padded = data.ljust(nr * PAGE_SIZE, b"\0")
         pos = 0
         owner = _caller_module()
-        for pa, n in runs:
-            self.mem.write_pages(pa, padded[pos:pos + n * PAGE_SIZE])
-            pos += n * PAGE_SIZE
+        if isinstance(data, bytes):
+            padded = data.ljust(nr * PAGE_SIZE, b"\0")
+            for pa, n in runs:
+                self.mem.write_pages(pa, padded[pos:pos + n * PAGE_SIZE])
+                pos += n * PAGE_SIZE
+        else:
+            for pa, n in runs:
+                self.mem.write_stream(pa, data, pos, n)
+                pos += n * PAGE_SIZE
         k.machine.faults.hit_many(FP_PRESERVE, nr + groups, "vmalloc")
         for pa, n in all_runs:
             self.preserved.add_run(pa >> PAGE_SHIFT, 0, n, owner)
@@ -821,17 +831,21 @@ class Kho:
             self.mem.write_pages(cpa, body.tobytes())
         return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
 
-    def preserve_vmalloc(self, data: bytes) -> bytes:
-        """``kho_preserve_vmalloc()`` of an area holding ``data`` (order-0 pages).
+    def preserve_vmalloc(self, data: bytes | Sequence[Records]) -> bytes:
+        """``kho_preserve_vmalloc()`` of an area holding ``data`` (order-0 pages):
+        bytes, or the concatenation of generated record segments.
 
         Returns the 16-byte ``struct kho_vmalloc`` describing it.
         """
         self._check_open()
-        nr = max(1, -(-len(data) // PAGE_SIZE))
+        size = len(data) if isinstance(data, bytes) else sum(r.nbytes for r in data)
+        nr = max(1, -(-size // PAGE_SIZE))
         per_chunk = PAGE_SIZE // 8 - 1
         bulk = self._preserve_vmalloc_bulk(data, nr, -(-nr // per_chunk))
         if bulk is not None:
             return bulk
+        if not isinstance(data, bytes):  # page by page: the bytes themselves
+            data = b"".join(r.materialise(0, r.nbytes) for r in data)
         pages: list[int] = []
         chunks: list[int] = []
         try:
@@ -859,25 +873,32 @@ class Kho:
             self.mem.write(cpa, body.ljust(PAGE_SIZE, b"\0"))
         return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
 
-    def _vmalloc_pages(self, desc: bytes) -> tuple[list[int], list[int]]:
+    def _vmalloc_page_array(self, desc: bytes) -> tuple[np.ndarray, list[int]]:
+        """(data page addresses as a uint64 array, chunk pages) of a ``kho_vmalloc``."""
         first, total, _flags, order = struct.unpack("<QIHH", desc)
-        pages: list[int] = []
+        parts: list[np.ndarray] = []
+        listed = 0
         chunks: list[int] = []
         cpa = first
         while cpa:
             if cpa % PAGE_SIZE or cpa + PAGE_SIZE > self.mem.size or len(chunks) > total + 1:
                 raise KernelError(errno.EINVAL, f"kho_vmalloc chunk pointer {cpa:#x} is bad")
             chunks.append(cpa)
-            words = struct.unpack("<512Q", self.mem.read(cpa, PAGE_SIZE))
-            for w in words[1:]:
-                if not w:
-                    break
-                pages.append(w)
-            cpa = words[0]
-        if len(pages) << order != total:
-            raise KernelError(errno.EINVAL, f"kho_vmalloc lists {len(pages)} pages, "
+            words = np.frombuffer(self.mem.read(cpa, PAGE_SIZE), dtype="<u8")
+            zero = np.flatnonzero(words[1:] == 0)
+            used = words[1:1 + int(zero[0])] if zero.size else words[1:]
+            parts.append(used)
+            listed += used.size
+            cpa = int(words[0])
+        if listed << order != total:
+            raise KernelError(errno.EINVAL, f"kho_vmalloc lists {listed} pages, "
                               f"header says {total}")
-        return pages, chunks
+        pages = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        return pages.astype(np.uint64), chunks
+
+    def _vmalloc_pages(self, desc: bytes) -> tuple[list[int], list[int]]:
+        pages, chunks = self._vmalloc_page_array(desc)
+        return [int(p) for p in pages.tolist()], chunks
 
     def unpreserve_vmalloc(self, desc: bytes) -> None:
         pages, chunks = self._vmalloc_pages(desc)
@@ -887,32 +908,55 @@ class Kho:
 
     def restore_vmalloc(self, desc: bytes) -> bytes | None:
         """``kho_restore_vmalloc()`` -> the area's bytes, None on failure."""
+        view = self.restore_vmalloc_view(desc)
+        if view is None:
+            return None
+        return b"".join(p.materialise() if isinstance(p, GenPiece) else p.data for p in view)
+
+    def restore_vmalloc_view(self, desc: bytes) -> list[Piece] | None:
+        """``kho_restore_vmalloc()`` -> the area's content as memory pieces in
+        area order (:meth:`PhysicalMemory.view` of each physical run of its
+        pages), None on failure.  Generated pages stay descriptors."""
         try:
-            pages, chunks = self._vmalloc_pages(desc)
+            pages_arr, chunks = self._vmalloc_page_array(desc)
         except KernelError as exc:
             self.kernel.printk("err", "kho", f"kho_restore_vmalloc: {exc}")
             return None
-        out = bytearray()
-        pfns = np.array(pages, dtype=np.int64) >> PAGE_SHIFT
-        if (not self.kernel.machine.faults.pending(FP_RESTORE, len(pages))
+        pfns = (pages_arr >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        runs = contiguous_runs(pfns)
+        if (not self.kernel.machine.faults.pending(FP_RESTORE, len(pfns))
                 and bool((self.in_magic.lookup(pfns) == 0).all())):
             # every page carries an order-0 magic: claim them all at once
-            self.kernel.machine.faults.hit_many(FP_RESTORE, len(pages), "vmalloc")
+            self.kernel.machine.faults.hit_many(FP_RESTORE, len(pfns), "vmalloc")
             self.in_magic.claim_many(pfns)
-            for first, n in contiguous_runs(pfns):
+            for first, n in runs:
                 self.kernel.mm.adopt_run(first << PAGE_SHIFT, 0, n)
-            for pa in pages:
-                out += self.mem.read(pa, PAGE_SIZE)
-            pages = []
-        for pa in pages:
-            if not self.restore_pages(pa, 1):
-                return None
-            out += self.mem.read(pa, PAGE_SIZE)
+        else:
+            for pa in (int(p) for p in pages_arr.tolist()):
+                if not self.restore_pages(pa, 1):
+                    return None
+        out: list[Piece] = []
+        if (pages_arr % np.uint64(PAGE_SIZE)).any():  # a garbage entry inside a page: as listed
+            out.append(BytePiece(0, b"".join(self.mem.read(int(pa), PAGE_SIZE)
+                                             for pa in pages_arr.tolist())))
+            runs = []
+        for first, n in runs:
+            for piece in self.mem.view(first << PAGE_SHIFT, n * PAGE_SIZE):
+                last = out[-1] if out else None
+                if (isinstance(piece, GenPiece) and isinstance(last, GenPiece)
+                        and last.records == piece.records
+                        and last.off + last.length == piece.off):  # the area continues it
+                    out[-1] = GenPiece(last.pa, last.length + piece.length, last.records,
+                                       last.off)
+                elif isinstance(piece, BytePiece) and isinstance(last, BytePiece):
+                    out[-1] = BytePiece(last.pa, last.data + piece.data)
+                else:
+                    out.append(piece)
         for cpa in chunks:
             if not self.restore_pages(cpa, 1):
                 return None
             self.kernel.mm.free_pages(cpa, 0)
-        return bytes(out)
+        return out
 
     def add_subtree(self, name: str, pa: int, size: int | None = None) -> None:
         """``kho_add_subtree()``: EEXIST for a duplicate name.
@@ -956,8 +1000,15 @@ class Kho:
         # nodes, the first block needing each is found arithmetically, and its
         # leaf bits are slices - the cost is per run and node, not per block.
         first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
-        leaves: dict[int, np.ndarray] = {}  # leaf prefix -> unpacked bitmap
+        leaves: dict[int, list[tuple[int, int]]] = {}  # leaf prefix -> set bit ranges
+        merged: list[list[int]] = []  # runs that follow on joined (per-folio preserves)
         for start, o, n in self.preserved.runs():
+            last = merged[-1] if merged else None
+            if last is not None and last[1] == o and last[0] + (last[2] << o) == start:
+                last[2] += n
+            else:
+                merged.append([start, o, n])
+        for start, o, n in merged:
             k0 = (1 << (KHO_ORDER_0_LOG2 - o)) | (start >> o)
             k1 = k0 + n  # exclusive
             for level in range(top):
@@ -969,12 +1020,9 @@ class Kho:
                     if key not in first_use or first < first_use[key]:
                         first_use[key] = first
                     if level == 0:
-                        bitmap = leaves.get(prefix)
-                        if bitmap is None:
-                            bitmap = leaves[prefix] = np.zeros(1 << KHO_BITMAP_SIZE_LOG2,
-                                                               dtype=np.uint8)
                         hi = min(k1, (prefix + 1) << shift)
-                        bitmap[lo - (prefix << shift):hi - (prefix << shift)] = 1
+                        leaves.setdefault(prefix, []).append(
+                            (lo - (prefix << shift), hi - (prefix << shift)))
         events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
         nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
         for _first, neg_level, prefix in events:
@@ -990,7 +1038,15 @@ class Kho:
                 tables[parent][prefix & 511] = pa
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
-        for leaf, bitmap in leaves.items():
+        nbits = 1 << KHO_BITMAP_SIZE_LOG2
+        full = b"\xff" * (nbits >> 3)
+        for leaf, ranges in leaves.items():
+            if ranges == [(0, nbits)]:  # a leaf of one run covering it: all ones
+                self.mem.write_pages(nodes[(0, leaf)], full)
+                continue
+            bitmap = np.zeros(nbits, dtype=np.uint8)
+            for lo, hi in ranges:
+                bitmap[lo:hi] = 1
             self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
         return root
 

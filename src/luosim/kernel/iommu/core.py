@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +185,16 @@ class IommuDomain:
         except PageTableError as exc:
             raise KernelError(errno.EEXIST if "already" in str(exc) else errno.EINVAL,
                               str(exc)) from None
+
+    def map_many(self, chunks: Sequence[tuple[int, int, int]], write: bool = True
+                 ) -> tuple[int, KernelError | None]:
+        """:meth:`map` of each (iova, pa, size) in order, in bulk where the tables
+        allow: (chunks mapped, the error that stopped it or None)."""
+        done, exc = self._w().map_many(self.root, chunks, write=write)
+        if exc is None:
+            return done, None
+        return done, KernelError(errno.EEXIST if "already" in str(exc) else errno.EINVAL,
+                                 str(exc))
 
     def unmap(self, iova: int, size: int) -> int:
         """``iommu_unmap()``: bytes unmapped."""

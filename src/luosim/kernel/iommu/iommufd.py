@@ -477,15 +477,12 @@ def _map_area(domain: IommuDomain, area: IoasArea) -> None:
     if covered != area.length:
         raise KernelError(errno.EFAULT, f"{area.file.name}: {area.length - covered:#x} bytes "
                           "of the range are not backed")
-    done: list[tuple[int, int]] = []
-    try:
-        for r_iova, r_pa, size in area.runs:
-            domain.map(r_iova, r_pa, size)
-            done.append((r_iova, size))
-    except KernelError:
-        for r_iova, size in done:
+    runs = list(area.runs)
+    done, err = domain.map_many(runs)
+    if err is not None:
+        for r_iova, _r_pa, size in runs[:done]:
             domain.unmap(r_iova, size)
-        raise
+        raise err
 
 
 class IommufdFileHandler(FileHandler):

@@ -244,13 +244,17 @@ class HugetlbSubsystem:
             raise KernelError(errno.ENODEV, f"no hstate for huge page size 2^{log}")
         return h
 
-    def alloc_folio(self, h: Hstate, err: int = errno.ENOMEM) -> int:
-        """Take a free huge page (zeroed at fault) or fail with ``err``."""
+    def alloc_folio(self, h: Hstate, err: int = errno.ENOMEM, *, seed: int = ZERO_SEED) -> int:
+        """Take a free huge page (zeroed at fault) or fail with ``err``.
+
+        ``seed``: the content the caller stores into the whole page right
+        away (:meth:`HugetlbMemfdFile.fill`), written instead of the zeros.
+        """
         if not h.free:
             raise KernelError(err, f"hugetlb {h.name} pool is empty "
                               f"({h.nr_huge_pages} pages, none free)")
         pa = h.free.pop()
-        self.kernel.machine.memory.fill_folio(pa, h.order, ZERO_SEED)
+        self.kernel.machine.memory.fill_folio(pa, h.order, seed)
         return pa
 
     def free_folio(self, h: Hstate, pa: int) -> None:
@@ -429,7 +433,12 @@ class HugetlbMemfdFile(MemfdFile):
         seed &= _MASK64
         o = self.hstate.order
         for hidx in range(offset // self.hsize, (offset + length) // self.hsize):
-            self.mem.fill_folio(self._page(hidx), o, folio_seed(seed, hidx << o))
+            fseed = folio_seed(seed, hidx << o)
+            pa = self.pages.get(hidx)
+            if pa is None:  # faulted in and stored to at once: one fill, not two
+                self.pages[hidx] = self.hsubsys.alloc_folio(self.hstate, seed=fseed)
+            else:
+                self.mem.fill_folio(pa, o, fseed)
 
     def release(self) -> None:
         """Last reference: the pages go back to the pool."""
@@ -517,6 +526,7 @@ class HugemfdLuoHandler(FileHandler):
         was_frozen = file.frozen
         file.frozen = True
         done: list[int] = []
+        counted = 0  # folios added to the FLB count
         try:
             desc = KhoVmalloc()
             folios: list[tuple[int, int, int]] = []
@@ -525,17 +535,23 @@ class HugemfdLuoHandler(FileHandler):
                 folios = file.folios()
                 for _index, pa, order in folios:
                     kho.preserve_folio(pa, order)
-                    try:
-                        flb.add_folio(h, +1)
-                    except KernelError:
-                        kho.unpreserve_folio(pa, order)
-                        raise
+                    if not counted:  # hugetlb_flb_add_folio() fails on the first or never
+                        try:
+                            flb.add_folio(h, +1)
+                        except KernelError:
+                            kho.unpreserve_folio(pa, order)
+                            raise
+                        counted = 1
                     done.append(pa)
+                if len(done) > counted:  # the rest of the count in one FLB write
+                    flb.add_folio(h, len(done) - counted)
+                    counted = len(done)
                 recs = [HugemfdFolioSer(pa >> PAGE_SHIFT, index) for index, pa, _o in folios]
                 desc = KhoVmalloc.decode(kho.preserve_vmalloc(encode_hugemfd_folios(recs)))
         except KernelError:
+            if counted:
+                flb.add_folio(h, -counted)
             for pa in reversed(done):
-                flb.add_folio(h, -1)
                 kho.unpreserve_folio(pa, h.order)
             file.frozen = was_frozen
             kho.unpreserve_free(ser_pa)

@@ -43,12 +43,12 @@ from luosim.abi.memfd import (
     MEMFD_LUO_FH_COMPATIBLE_V2,
     MEMFD_LUO_FOLIO_DIRTY,
     MEMFD_LUO_FOLIO_UPTODATE,
+    FolioSegments,
     KhoVmalloc,
-    KhoVmallocChunk,
     MemfdLuoSerV1,
     MemfdLuoSerV2,
-    decode_folio_arrays,
-    encode_folio_runs,
+    decode_folio_pieces,
+    folio_records,
 )
 from luosim.errors import KernelError
 from luosim.faults import point
@@ -70,6 +70,29 @@ MAX_MEMFD_FOLIO_ORDER = 9
 UINT_MAX = (1 << 32) - 1
 _MASK64 = (1 << 64) - 1
 _SEALS_KNOWN = MEMFD_LUO_ALL_SEALS
+
+
+#: Alignments (page orders) large file allocations ask of the page allocator:
+#: the IOMMU's 1 GiB and 2 MiB page sizes (PUD and PMD orders).
+PUD_ORDER = 18
+PMD_ORDER = 9
+
+
+def bulk_align(index: int, npages: int) -> int:
+    """Page order a bulk allocation of ``npages`` at file page ``index`` is placed on.
+
+    Modelling choice (see :meth:`PageAllocator.alloc_pages_bulk`): a
+    buddy allocator serves a large allocation from whole naturally aligned
+    free blocks, so guest RAM of at least 1 GiB (2 MiB) lands on 1 GiB
+    (2 MiB) boundaries - where its file offset is so aligned - and iommufd
+    maps it with the largest IOMMU pages, as ``iommu_map()`` does for
+    physically contiguous, aligned pfn batches.  Smaller allocations keep
+    plain first fit.
+    """
+    for order in (PUD_ORDER, PMD_ORDER):
+        if npages >= 1 << order and not index & ((1 << order) - 1):
+            return order
+    return 0
 
 
 def folio_seed(seed: int, index: int) -> int:
@@ -150,7 +173,8 @@ class MemfdFile(File):
         """
         order = self.folio_order
         index = first
-        for pa, n in self.kernel.mm.alloc_pages_bulk(order, nfolios):
+        for pa, n in self.kernel.mm.alloc_pages_bulk(order, nfolios,
+                                                     align=bulk_align(index, nfolios << order)):
             self.mem.fill_run(pa, order, n, seed, family=family, index0=index)
             self._add_run(index, pa, order, n)
             index += n << order
@@ -428,7 +452,8 @@ class MemfdLuoHandler(FileHandler):
                 kho.preserve_folio_run(run[1], run[2], run[3])
                 done.append(run)
             nr = file.nr_folios
-            desc = (KhoVmalloc.decode(kho.preserve_vmalloc(encode_folio_runs(
+            # the array is generated pages: one descriptor per run of folios
+            desc = (KhoVmalloc.decode(kho.preserve_vmalloc(folio_records(
                 folios, MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE))) if nr else KhoVmalloc())
         except KernelError:
             for _index, pa, order, count in reversed(done):
@@ -474,30 +499,23 @@ class MemfdLuoHandler(FileHandler):
         if not ser.nr_folios:
             return _Recs.empty()
         k = self.kernel
-        data_pages: list[int] = []
-        cpa = ser.folios.first
-        seen = 0
         try:
-            while cpa and seen <= ser.folios.total_pages:
-                chunk = KhoVmallocChunk.decode(k.machine.memory.read(cpa, PAGE_SIZE))
-                data_pages.extend(chunk.phys)
-                cpa = chunk.next
-                seen += 1
-        except (DecodeError, ValueError) as exc:
-            raise KernelError(errno.EINVAL, f"bad folio array descriptor: {exc}") from None
-        data = k.kho.restore_vmalloc(ser.folios.encode())
-        if data is None:
+            data_pages, _chunks = k.kho._vmalloc_page_array(ser.folios.encode())
+        except KernelError:
+            data_pages = np.zeros(0, dtype=np.uint64)
+        view = k.kho.restore_vmalloc_view(ser.folios.encode())
+        if view is None:
             raise KernelError(errno.EINVAL, "cannot restore the memfd folio array")
         # vfree() of the restored area, by runs of pages
-        live = [pa >> PAGE_SHIFT for pa in data_pages
-                if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None]
-        for first, n in contiguous_runs(np.array(live, dtype=np.int64)):
-            k.mm.free_run(first << PAGE_SHIFT, 0, n)
+        pfns = (data_pages >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        for first, n in contiguous_runs(pfns):
+            for a, b in k.mm.allocated.order0_spans(first, n):
+                k.mm.free_run(a << PAGE_SHIFT, 0, b - a)
         try:
-            pfn, _flags, index = decode_folio_arrays(data, ser.nr_folios)
+            segs = decode_folio_pieces(view, ser.nr_folios)
         except DecodeError as exc:
             raise KernelError(errno.EINVAL, str(exc)) from None
-        return _Recs(pfn.astype(np.int64), index.astype(np.int64))
+        return _Recs(segs)
 
     def _restore_runs(self, recs: _Recs, start: int) -> tuple[int, list[tuple[int, int, int,
                                                                                 int]]]:
@@ -512,18 +530,18 @@ class MemfdLuoHandler(FileHandler):
         groups = list(recs.runs(start))
         while groups:
             i0, n = groups.pop(0)
-            pa = int(recs.pfn[i0]) << PAGE_SHIFT
+            pa = recs.pfn_at(i0) << PAGE_SHIFT
             order = kho.in_magic.get(pa >> PAGE_SHIFT)
             if order is None:  # no magic: kho_restore_folio() warns and fails
                 kho.restore_folio(pa)
                 return restored, runs
-            if n > 1 and int(recs.pfn[i0 + 1] - recs.pfn[i0]) != 1 << order:
+            if n > 1 and recs.pfn_at(i0 + 1) - recs.pfn_at(i0) != 1 << order:
                 # records that do not step by this folio's size: one at a time
                 groups[:0] = [(i0 + j, 1) for j in range(1, n)]
                 n = 1
             got = kho.restore_folio_run(pa, order, n)
             if got:
-                runs.append((int(recs.index[i0]), pa, order, got))
+                runs.append((recs.index_at(i0), pa, order, got))
             restored += got
             if got < n:
                 return restored, runs
@@ -558,7 +576,7 @@ class MemfdLuoHandler(FileHandler):
                     file.folio_order = min(order, MAX_MEMFD_FOLIO_ORDER)
                 file._add_run(index, pa, order, count)
             if restored < len(recs):
-                pa = int(recs.pfn[restored]) << PAGE_SHIFT
+                pa = recs.pfn_at(restored) << PAGE_SHIFT
                 raise KernelError(errno.EIO, f"folio {pa:#x} could not be restored")
             file.size = ser.size
             file.pos = ser.pos
@@ -601,36 +619,53 @@ class MemfdLuoHandler(FileHandler):
         k.mm.free_pages(ser_pa)
 
 
-@dataclass
 class _Recs:
-    """The decoded folio array: pfn and index per record (int64 arrays)."""
+    """The decoded folio array as segments of records with constant steps
+    (:class:`FolioSegments`): cost per segment, not per folio."""
 
-    pfn: np.ndarray
-    index: np.ndarray
+    def __init__(self, segs: FolioSegments) -> None:
+        self.segs = segs
+        counts = segs.count.astype(np.int64)
+        self.first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64) \
+            if counts.size else np.zeros(0, dtype=np.int64)
+        self.total = int(counts.sum())
 
     @classmethod
     def empty(cls) -> _Recs:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        z = np.zeros(0, dtype=np.int64)
+        return cls(FolioSegments(z, z, z, z, z, z))
 
     def __len__(self) -> int:
-        return int(self.pfn.size)
+        return self.total
+
+    def _at(self, i: int) -> tuple[int, int]:
+        s = int(np.searchsorted(self.first, i, side="right")) - 1
+        return s, i - int(self.first[s])
+
+    def pfn_at(self, i: int) -> int:
+        s, k = self._at(i)
+        return (int(self.segs.pfn[s]) + k * int(self.segs.pfn_step[s])) & _MASK64
+
+    def index_at(self, i: int) -> int:
+        s, k = self._at(i)
+        return (int(self.segs.index[s]) + k * int(self.segs.index_step[s])) & _MASK64
 
     def runs(self, start: int) -> Iterator[tuple[int, int]]:
         """(first record, records) from ``start``: records whose folios follow on
-        in memory and in the file by one constant step."""
-        n = len(self)
-        if start >= n:
+        in memory and in the file by one constant step; others one by one."""
+        if start >= self.total:
             return
-        dp = np.diff(self.pfn[start:])
-        di = np.diff(self.index[start:])
-        same = np.ones(dp.size, dtype=bool)
-        same[1:] = dp[1:] == dp[:-1]
-        cont = (dp == di) & (dp > 0) & same
-        breaks = np.flatnonzero(~cont) + 1
-        firsts = np.concatenate(([0], breaks))
-        lasts = np.concatenate((breaks, [n - start]))
-        for a, b in zip(firsts.tolist(), lasts.tolist()):
-            yield start + a, b - a
+        s0, k0 = self._at(start)
+        for s in range(s0, self.segs.count.size):
+            first = int(self.first[s]) + (k0 if s == s0 else 0)
+            n = int(self.segs.count[s]) - (k0 if s == s0 else 0)
+            dp = int(self.segs.pfn_step[s]) & _MASK64
+            di = int(self.segs.index_step[s]) & _MASK64
+            if n > 1 and dp == di and 0 < dp < 1 << 63:
+                yield first, n
+            else:
+                for i in range(first, first + n):
+                    yield i, 1
 
 
 class MemfdSubsystem:

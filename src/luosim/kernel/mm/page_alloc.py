@@ -123,6 +123,31 @@ class AllocMap:
     def runs(self) -> list[tuple[int, int, int]]:
         return list(self._runs)
 
+    def order0_spans(self, start: int, n: int) -> list[tuple[int, int]]:
+        """[a, b) stretches of ``[start, start + n)`` whose pages are allocated
+        order-0 blocks (what ``get(pfn) is not None`` says page by page for
+        order-0 runs; blocks of higher order count by their head only)."""
+        end = start + n
+        out: list[tuple[int, int]] = []
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        while i < len(self._runs) and self._starts[i] < end:
+            s, order, count = self._runs[i]
+            i += 1
+            e = s + (count << order)
+            if e <= start:
+                continue
+            if order == 0:
+                a, b = max(s, start), min(e, end)
+                if out and out[-1][1] == a:
+                    out[-1] = (out[-1][0], b)
+                else:
+                    out.append((a, b))
+            else:
+                first_head = s + (max(0, start - s) + (1 << order) - 1 >> order << order)
+                for head in range(first_head, min(e, end), 1 << order):
+                    out.append((head, head + 1))
+        return out
+
     def items(self) -> Iterator[tuple[int, int]]:
         for start, order, count in self._runs:
             for k in range(count):
@@ -192,25 +217,48 @@ class PageAllocator:
         for a, b in zip(ms.tolist(), me.tolist()):
             self._take(a, b)
 
-    def alloc_pages_bulk(self, order: int, count: int) -> list[tuple[int, int]]:
-        """``count`` blocks of ``order``, as ``count`` calls of :meth:`alloc_pages`
-        would hand them out (first fit), returned as (pa, blocks) runs.
-
-        ENOMEM (nothing taken) when they do not all fit.
-        """
+    def _bulk_plan(self, order: int, count: int, align: int) -> list[tuple[int, int]] | None:
+        """(head pfn, blocks) runs for ``count`` blocks of ``order``, first fit,
+        every run starting on a ``1 << align``-page boundary and every run but
+        the last a whole number of such units; None if they do not all fit."""
         n = 1 << order
-        plan: list[tuple[int, int]] = []  # (head pfn, blocks)
+        unit = max(n, 1 << align)
+        per_unit = unit // n
+        plan: list[tuple[int, int]] = []
         left = count
         for s, e in zip(self._starts, self._ends):
             if not left:
                 break
-            head = -(-s // n) * n
+            head = -(-s // unit) * unit
             fit = max(0, (e - head) // n)
+            if fit < left:
+                fit -= fit % per_unit
             if fit:
                 take = min(fit, left)
                 plan.append((head, take))
                 left -= take
-        if left:
+        return None if left else plan
+
+    def alloc_pages_bulk(self, order: int, count: int, *, align: int = 0
+                         ) -> list[tuple[int, int]]:
+        """``count`` blocks of ``order``, as ``count`` calls of :meth:`alloc_pages`
+        would hand them out (first fit), returned as (pa, blocks) runs.
+
+        ``align`` (a page order above ``order``) asks for runs that start on
+        ``1 << align``-page boundaries and, but for the last, are whole such
+        units, so that file offsets and physical addresses stay congruent
+        modulo that size (the gaps skipped stay free).  This models where a
+        buddy allocator puts a large allocation: it is served from whole
+        free blocks of the highest orders, which are naturally aligned, not
+        from the leftovers at the start of a first-fit extent.  When no such
+        placement fits, the allocation falls back to plain first fit.
+
+        ENOMEM (nothing taken) when they do not all fit.
+        """
+        plan = self._bulk_plan(order, count, align) if align > order else None
+        if plan is None:
+            plan = self._bulk_plan(order, count, order)
+        if plan is None:
             raise KernelError(errno.ENOMEM, f"no room for {count} blocks of order {order}")
         for head, take in plan:
             self._take(head, head + (take << order))
