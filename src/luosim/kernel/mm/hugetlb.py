@@ -44,6 +44,8 @@ ENOENT like any unsupported file.
 from __future__ import annotations
 
 import errno
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -107,14 +109,96 @@ def parse_size(text: str) -> int | None:
     return int(digits) << shift if digits.isdigit() else None
 
 
+class HugeFreeList:
+    """``h->hugepage_freelists[nid]`` of one hstate, as runs in list order.
+
+    A run ``[pa, count, step]`` is ``count`` pages at ``pa, pa + step, ...``
+    (``step`` is +/- the page size) that follow each other on the list; the
+    head of the list is the first page of the first run.  Pages are taken
+    from the head (``dequeue_hugetlb_folio_node_exact()``: list_for_each_entry
+    from the head) and freed pages go back to the head (``enqueue_hugetlb_folio()``:
+    ``list_move()`` to the head), so the list is LIFO; two neighbours on the
+    list join a run only when they are physically adjacent, in the run's
+    direction.  Cost per run, not per page.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.runs: deque[list[int]] = deque()
+        self.nr = 0
+
+    def __len__(self) -> int:
+        return self.nr
+
+    def __iter__(self) -> Iterator[int]:
+        """Pages from the head (list order)."""
+        for pa, count, step in self.runs:
+            for k in range(count):
+                yield pa + k * step
+
+    def push_run(self, pa: int, count: int, step: int) -> None:
+        """Put ``count`` pages at the head so that the list reads ``pa, pa + step, ...``."""
+        if count <= 0:
+            return
+        self.nr += count
+        if count == 1:
+            step = self.size
+        if self.runs:
+            head = self.runs[0]
+            nxt = pa + count * step
+            if head[0] == nxt and (head[1] == 1 or head[2] == step):
+                head[0], head[1], head[2] = pa, head[1] + count, step
+                return
+            if count == 1 and head[0] == pa - self.size and (head[1] == 1
+                                                             or head[2] == -self.size):
+                head[0], head[1], head[2] = pa, head[1] + 1, -self.size
+                return
+        self.runs.appendleft([pa, count, step])
+
+    def push(self, pa: int) -> None:
+        """``enqueue_hugetlb_folio()``: one page to the head."""
+        self.push_run(pa, 1, self.size)
+
+    def free_in_order(self, pa: int, count: int, step: int) -> None:
+        """Enqueue ``count`` pages one after the other, ``pa`` first: the last
+        one ends up at the head, so the list reads them backwards."""
+        if count > 0:
+            self.push_run(pa + (count - 1) * step, count, -step)
+
+    def pop(self) -> int:
+        """Dequeue the head page (IndexError when empty)."""
+        return self.take(1)[0][0]
+
+    def take(self, n: int) -> list[tuple[int, int, int]]:
+        """Dequeue ``n`` pages from the head, as (pa, count, step) runs in list order."""
+        if n > self.nr:
+            raise IndexError(f"{n} pages asked of a free list of {self.nr}")
+        out: list[tuple[int, int, int]] = []
+        while n:
+            head = self.runs[0]
+            k = min(n, head[1])
+            out.append((head[0], k, head[2]))
+            if k == head[1]:
+                self.runs.popleft()
+            else:
+                head[0] += k * head[2]
+                head[1] -= k
+            n -= k
+            self.nr -= k
+        return out
+
+
 @dataclass
 class Hstate:
     """One ``struct hstate``: a pool of huge pages of one order."""
 
     order: int
-    free: list[int] = field(default_factory=list)  # free pages (pa), LIFO like the free list
+    free: HugeFreeList = field(init=False)  # the free list, head first
     nr_huge_pages: int = 0
     requested: int = 0  # hugepages= for this size
+
+    def __post_init__(self) -> None:
+        self.free = HugeFreeList(self.size)
 
     @property
     def size(self) -> int:
@@ -179,21 +263,47 @@ class HugetlbSubsystem:
         for h in self.hstates.values():
             preserved = self.hstate_liveupdate_pages(h)
             want = max(0, h.requested - preserved)
-            got = 0
-            for _ in range(want):
-                try:
-                    pa = k.mm.alloc_pages(h.order)
-                except KernelError:
-                    break
-                h.free.append(pa)
-                got += 1
-            h.nr_huge_pages += got
+            got = self._alloc_boot_pages(h, want)
             if got < want:
                 k.printk("warn", "hugetlb", f"HugeTLB: allocating {want} of page size {h.name} "
                          f"failed.  Only allocated {got} hugepages.")
             if h.requested or preserved:
                 k.printk("info", "hugetlb", f"HugeTLB: {h.name} pool: {got} allocated, "
                          f"{preserved} preserved by the previous kernel")
+
+    def _alloc_boot_pages(self, h: Hstate, want: int) -> int:
+        """Fill the free list of ``h`` with up to ``want`` new pages; how many.
+
+        Which pages: the model's first fit (:meth:`alloc_pages` per page).
+        Their order on the free list is the kernel's for boot-time pools
+        (gigantic pages; mainline mm/hugetlb.c, as stored in torvalds/linux
+        0010b838db9f and in the index copy of a 2025 mainline mm/hugetlb.c):
+        memblock allocates them top-down on x86, highest address first, and
+        ``__alloc_bootmem_huge_page()`` ``list_add()``s each to the head of
+        ``huge_boot_pages[nid]``; ``gather_bootmem_prealloc_node()`` walks that
+        list and ``list_add()``s each folio to a local ``folio_list``;
+        ``prep_and_add_bootmem_folios()`` walks ``folio_list`` and
+        ``enqueue_hugetlb_folio()`` ``list_move()``s each to the head of
+        ``h->hugepage_freelists[nid]``.  Three head insertions reverse the
+        top-down order once: the head of the free list is the LOWEST page, and
+        a fresh pool hands pages out in ascending physical order.
+        """
+        mm = self.kernel.mm
+        try:
+            runs = mm.alloc_pages_bulk(h.order, want) if want else []
+        except KernelError:  # short: as many as one allocation per page gets
+            runs = []
+            for _ in range(want):
+                try:
+                    runs.append((mm.alloc_pages(h.order), 1))
+                except KernelError:
+                    break
+        got = 0
+        for pa, n in sorted(runs, reverse=True):  # the lowest page ends at the head
+            h.free.push_run(pa, n, h.size)
+            got += n
+        h.nr_huge_pages += got
+        return got
 
     def hstate_liveupdate_pages(self, h: Hstate) -> int:
         """Models hstate_liveupdate_pages(): preserved pages of ``h`` per the incoming FLB.
@@ -258,14 +368,14 @@ class HugetlbSubsystem:
         return pa
 
     def free_folio(self, h: Hstate, pa: int) -> None:
-        """``free_huge_folio()``: back onto the pool's free list."""
-        h.free.append(pa)
+        """``free_huge_folio()``: back onto the head of the pool's free list."""
+        h.free.push(pa)
 
     def adopt_folio(self, h: Hstate, pa: int, *, in_use: bool) -> None:
         """A preserved folio joins the pool (``account_new_hugetlb_folio()``)."""
         h.nr_huge_pages += 1
         if not in_use:
-            h.free.append(pa)
+            h.free.push(pa)
 
     def memfd_create(self, name: str, size: int = 0, flags: int = MFD_HUGETLB,
                      seals: int = 0) -> HugetlbMemfdFile:
