@@ -12,6 +12,15 @@ became 2 MiB / 1 GiB aligned (``bulk_align()`` in kernel/mm/memfd.py): guest
 RAM moved, so the folio-array pfns, the KHO radix bitmaps and the IOMMU
 tables (now 2 MiB leaves, as ``iommu_map()`` picks them) changed; small-host
 did not move.  Generated (descriptor) pages changed no digest.
+
+hugetlb-guest-ram and five-updates (hugetlb pools) added on branch huge12, in
+the commit that made a fresh hugetlb pool hand out pages lowest first, as the
+kernel's boot-time free list does (mm/hugetlb.c: memblock top-down, then three
+list_add()s; see ``HugetlbSubsystem._alloc_boot_pages``): the hugetlb pages'
+physical addresses per file index, hence the hugemfd folio-array pfns, the
+KHO radix bitmaps and the IOMMU tables of those scenarios, differ from the
+older highest-first order.  The run-based hugetlb files after it must keep
+these digests.
 """
 
 from __future__ import annotations

@@ -607,7 +607,7 @@ class Kho:
             return 0
         k = self.kernel
         size = PAGE_SIZE << order
-        if k.machine.faults.pending(FP_RESTORE, count) or order > MAX_PAGE_ORDER:
+        if k.machine.faults.pending(FP_RESTORE, count) or order > self.max_restore_order:
             for i in range(count):
                 if self._restore_page(pa + i * size) != order:
                     return i

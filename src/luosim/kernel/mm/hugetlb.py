@@ -44,8 +44,12 @@ ENOENT like any unsupported file.
 from __future__ import annotations
 
 import errno
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
+
+import numpy as np
 
 from luosim.abi.errors import DecodeError
 from luosim.abi.hugetlb import (
@@ -55,12 +59,9 @@ from luosim.abi.hugetlb import (
     MFD_HUGE_MASK,
     MFD_HUGE_SHIFT,
     MFD_HUGETLB,
-    HugemfdFolioSer,
     HugemfdSer,
     HugetlbHstateSer,
     HugetlbSer,
-    decode_hugemfd_folios,
-    encode_hugemfd_folios,
     mfd_huge_log,
 )
 from luosim.abi.kho import KHO_ORDER_0_LOG2
@@ -69,14 +70,16 @@ from luosim.abi.memfd import (
     F_SEAL_SEAL,
     F_SEAL_WRITE,
     KhoVmalloc,
-    KhoVmallocChunk,
+    decode_folio_pieces,
+    folio_records,
 )
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, MemoryAccessError
+from luosim.kernel.kho import FP_RESTORE, contiguous_runs
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
-from luosim.kernel.mm.memfd import MemfdFile, folio_seed
+from luosim.kernel.mm.memfd import MemfdFile, _Recs, folio_seed
 from luosim.kernel.vfs import File, check_alive
 
 if TYPE_CHECKING:
@@ -107,14 +110,96 @@ def parse_size(text: str) -> int | None:
     return int(digits) << shift if digits.isdigit() else None
 
 
+class HugeFreeList:
+    """``h->hugepage_freelists[nid]`` of one hstate, as runs in list order.
+
+    A run ``[pa, count, step]`` is ``count`` pages at ``pa, pa + step, ...``
+    (``step`` is +/- the page size) that follow each other on the list; the
+    head of the list is the first page of the first run.  Pages are taken
+    from the head (``dequeue_hugetlb_folio_node_exact()``: list_for_each_entry
+    from the head) and freed pages go back to the head (``enqueue_hugetlb_folio()``:
+    ``list_move()`` to the head), so the list is LIFO; two neighbours on the
+    list join a run only when they are physically adjacent, in the run's
+    direction.  Cost per run, not per page.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.runs: deque[list[int]] = deque()
+        self.nr = 0
+
+    def __len__(self) -> int:
+        return self.nr
+
+    def __iter__(self) -> Iterator[int]:
+        """Pages from the head (list order)."""
+        for pa, count, step in self.runs:
+            for k in range(count):
+                yield pa + k * step
+
+    def push_run(self, pa: int, count: int, step: int) -> None:
+        """Put ``count`` pages at the head so that the list reads ``pa, pa + step, ...``."""
+        if count <= 0:
+            return
+        self.nr += count
+        if count == 1:
+            step = self.size
+        if self.runs:
+            head = self.runs[0]
+            nxt = pa + count * step
+            if head[0] == nxt and (head[1] == 1 or head[2] == step):
+                head[0], head[1], head[2] = pa, head[1] + count, step
+                return
+            if count == 1 and head[0] == pa - self.size and (head[1] == 1
+                                                             or head[2] == -self.size):
+                head[0], head[1], head[2] = pa, head[1] + 1, -self.size
+                return
+        self.runs.appendleft([pa, count, step])
+
+    def push(self, pa: int) -> None:
+        """``enqueue_hugetlb_folio()``: one page to the head."""
+        self.push_run(pa, 1, self.size)
+
+    def free_in_order(self, pa: int, count: int, step: int) -> None:
+        """Enqueue ``count`` pages one after the other, ``pa`` first: the last
+        one ends up at the head, so the list reads them backwards."""
+        if count > 0:
+            self.push_run(pa + (count - 1) * step, count, -step)
+
+    def pop(self) -> int:
+        """Dequeue the head page (IndexError when empty)."""
+        return self.take(1)[0][0]
+
+    def take(self, n: int) -> list[tuple[int, int, int]]:
+        """Dequeue ``n`` pages from the head, as (pa, count, step) runs in list order."""
+        if n > self.nr:
+            raise IndexError(f"{n} pages asked of a free list of {self.nr}")
+        out: list[tuple[int, int, int]] = []
+        while n:
+            head = self.runs[0]
+            k = min(n, head[1])
+            out.append((head[0], k, head[2]))
+            if k == head[1]:
+                self.runs.popleft()
+            else:
+                head[0] += k * head[2]
+                head[1] -= k
+            n -= k
+            self.nr -= k
+        return out
+
+
 @dataclass
 class Hstate:
     """One ``struct hstate``: a pool of huge pages of one order."""
 
     order: int
-    free: list[int] = field(default_factory=list)  # free pages (pa), LIFO like the free list
+    free: HugeFreeList = field(init=False)  # the free list, head first
     nr_huge_pages: int = 0
     requested: int = 0  # hugepages= for this size
+
+    def __post_init__(self) -> None:
+        self.free = HugeFreeList(self.size)
 
     @property
     def size(self) -> int:
@@ -179,21 +264,47 @@ class HugetlbSubsystem:
         for h in self.hstates.values():
             preserved = self.hstate_liveupdate_pages(h)
             want = max(0, h.requested - preserved)
-            got = 0
-            for _ in range(want):
-                try:
-                    pa = k.mm.alloc_pages(h.order)
-                except KernelError:
-                    break
-                h.free.append(pa)
-                got += 1
-            h.nr_huge_pages += got
+            got = self._alloc_boot_pages(h, want)
             if got < want:
                 k.printk("warn", "hugetlb", f"HugeTLB: allocating {want} of page size {h.name} "
                          f"failed.  Only allocated {got} hugepages.")
             if h.requested or preserved:
                 k.printk("info", "hugetlb", f"HugeTLB: {h.name} pool: {got} allocated, "
                          f"{preserved} preserved by the previous kernel")
+
+    def _alloc_boot_pages(self, h: Hstate, want: int) -> int:
+        """Fill the free list of ``h`` with up to ``want`` new pages; how many.
+
+        Which pages: the model's first fit (:meth:`alloc_pages` per page).
+        Their order on the free list is the kernel's for boot-time pools
+        (gigantic pages; mainline mm/hugetlb.c, as stored in torvalds/linux
+        0010b838db9f and in the index copy of a 2025 mainline mm/hugetlb.c):
+        memblock allocates them top-down on x86, highest address first, and
+        ``__alloc_bootmem_huge_page()`` ``list_add()``s each to the head of
+        ``huge_boot_pages[nid]``; ``gather_bootmem_prealloc_node()`` walks that
+        list and ``list_add()``s each folio to a local ``folio_list``;
+        ``prep_and_add_bootmem_folios()`` walks ``folio_list`` and
+        ``enqueue_hugetlb_folio()`` ``list_move()``s each to the head of
+        ``h->hugepage_freelists[nid]``.  Three head insertions reverse the
+        top-down order once: the head of the free list is the LOWEST page, and
+        a fresh pool hands pages out in ascending physical order.
+        """
+        mm = self.kernel.mm
+        try:
+            runs = mm.alloc_pages_bulk(h.order, want) if want else []
+        except KernelError:  # short: as many as one allocation per page gets
+            runs = []
+            for _ in range(want):
+                try:
+                    runs.append((mm.alloc_pages(h.order), 1))
+                except KernelError:
+                    break
+        got = 0
+        for pa, n in sorted(runs, reverse=True):  # the lowest page ends at the head
+            h.free.push_run(pa, n, h.size)
+            got += n
+        h.nr_huge_pages += got
+        return got
 
     def hstate_liveupdate_pages(self, h: Hstate) -> int:
         """Models hstate_liveupdate_pages(): preserved pages of ``h`` per the incoming FLB.
@@ -258,14 +369,14 @@ class HugetlbSubsystem:
         return pa
 
     def free_folio(self, h: Hstate, pa: int) -> None:
-        """``free_huge_folio()``: back onto the pool's free list."""
-        h.free.append(pa)
+        """``free_huge_folio()``: back onto the head of the pool's free list."""
+        h.free.push(pa)
 
     def adopt_folio(self, h: Hstate, pa: int, *, in_use: bool) -> None:
         """A preserved folio joins the pool (``account_new_hugetlb_folio()``)."""
         h.nr_huge_pages += 1
         if not in_use:
-            h.free.append(pa)
+            h.free.push(pa)
 
     def memfd_create(self, name: str, size: int = 0, flags: int = MFD_HUGETLB,
                      seals: int = 0) -> HugetlbMemfdFile:
@@ -303,7 +414,8 @@ class HugetlbMemfdFile(MemfdFile):
         self.hstate = h
         self.folio_order = h.order
         self.hugetlb = True
-        self.pages: dict[int, int] = {}  # huge page number -> pa
+        # pages as the base class's runs (index in base pages, pa, order, count):
+        # pages taken in order from a fresh pool are ascending, so one run
 
     @property
     def hsize(self) -> int:
@@ -311,40 +423,79 @@ class HugetlbMemfdFile(MemfdFile):
 
     # ------------------------------------------------------------------ pages
     def _page(self, hidx: int) -> int:
-        pa = self.pages.get(hidx)
-        if pa is None:
-            pa = self.hsubsys.alloc_folio(self.hstate)
-            self.pages[hidx] = pa
+        o = self.hstate.order
+        hit = self._find(hidx << o)
+        if hit is not None:
+            return hit[1]
+        pa = self.hsubsys.alloc_folio(self.hstate)
+        self._add_run(hidx << o, pa, o, 1)
         return pa
+
+    def _fault_in(self, hidx: int, n: int, err: int = errno.ENOMEM,
+                  seed: int | None = None) -> None:
+        """Pages ``hidx..hidx+n-1`` (a hole) from the pool in index order, as ``n``
+        :meth:`HugetlbSubsystem.alloc_folio` would take them; by runs of the
+        free list.  ``seed``: the family seed stored into them at once (else zero).
+        The pool short: what it has is taken, then ``err``."""
+        h = self.hstate
+        o = h.order
+        avail = min(n, len(h.free))
+        index = hidx << o
+        for pa, count, step in h.free.take(avail):
+            if step > 0:
+                if seed is None:
+                    self.mem.fill_run(pa, o, count, ZERO_SEED)
+                else:
+                    self.mem.fill_run(pa, o, count, seed, family=True, index0=index)
+                self._add_run(index, pa, o, count)
+                index += count << o
+                continue
+            for k in range(count):  # a run freed backwards: one page at a time
+                ppa = pa + k * step
+                self.mem.fill_folio(ppa, o, ZERO_SEED if seed is None
+                                    else folio_seed(seed, index))
+                self._add_run(index, ppa, o, 1)
+                index += 1 << o
+        if avail < n:
+            self.hsubsys.alloc_folio(h, err)  # raises: the pool is empty
+
+    def _fill_holes(self, first: int, end: int, err: int = errno.ENOMEM,
+                    seed: int | None = None) -> None:
+        o = self.hstate.order
+        for page, n in self._holes(first << o, end << o):
+            self._fault_in(page >> o, n, err, seed)
 
     def populate(self) -> int:
         """``memfd_pin_folios()`` over ``[0, size)``: fill every hole (ENOMEM when short)."""
-        for hidx in range(self.size // self.hsize):
-            self._page(hidx)
-        return len(self.pages)
+        self._fill_holes(0, self.size // self.hsize)
+        return self.nr_folios
 
-    def folios(self) -> list[tuple[int, int, int]]:
-        """(index in base pages, pa, order) of every page, by index."""
+    def _free_range(self, first: int, end: int) -> None:
+        """Pages with index in ``[first, end)`` (huge page numbers) back to the pool,
+        in index order (``remove_inode_hugepages()``), by runs."""
         o = self.hstate.order
-        return [(hidx << o, pa, o) for hidx, pa in sorted(self.pages.items())]
-
-    folio_list = folios
-
-    def folio_runs(self) -> list[tuple[int, int, int, int]]:
-        """(index, pa, order, 1) per huge page: pool pages are not contiguous runs."""
-        return [(i, pa, o, 1) for i, pa, o in self.folios()]
-
-    def folio_spans(self) -> list[tuple[int, int, int]]:
-        """(index, pa, pages) per huge page: what a mapping of the file needs."""
-        return [(i, pa, 1 << o) for i, pa, o in self.folios()]
-
-    @property
-    def nr_folios(self) -> int:
-        return len(self.pages)
+        a0, b0 = first << o, end << o
+        kept: list[list[int]] = []
+        freed = 0
+        for index, pa, order, count in self._fruns:
+            k0 = max(0, min(count, -(-(a0 - index) >> o)))
+            k1 = max(0, min(count, -(-(b0 - index) >> o)))
+            if k0:
+                kept.append([index, pa, order, k0])
+            if k1 > k0:
+                self.hstate.free.free_in_order(pa + k0 * self.hsize, k1 - k0, self.hsize)
+                freed += k1 - k0
+            if k1 < count:
+                kept.append([index + (k1 << o), pa + k1 * self.hsize, order, count - k1])
+        self._fruns = kept
+        self._fidx = [r[0] for r in kept]
+        self._nfolios -= freed
 
     def _free_from(self, hidx: int) -> None:
-        for i in [i for i in self.pages if i >= hidx]:
-            self.hsubsys.free_folio(self.hstate, self.pages.pop(i))
+        self._free_range(hidx, 1 << 62)
+
+    def _free_folios_from(self, page: int) -> None:
+        self._free_from(-(-page >> self.hstate.order))
 
     # ------------------------------------------------------------------ size
     def truncate(self, size: int) -> None:
@@ -372,16 +523,11 @@ class HugetlbMemfdFile(MemfdFile):
         if mode & FALLOC_FL_PUNCH_HOLE:
             if not mode & FALLOC_FL_KEEP_SIZE:
                 raise KernelError(errno.EOPNOTSUPP, "PUNCH_HOLE needs KEEP_SIZE")
-            for hidx in range(-(-offset // self.hsize), (offset + length) // self.hsize):
-                pa = self.pages.pop(hidx, None)
-                if pa is not None:
-                    self.hsubsys.free_folio(self.hstate, pa)
+            self._free_range(-(-offset // self.hsize), (offset + length) // self.hsize)
             return
         if not mode & FALLOC_FL_KEEP_SIZE and end * self.hsize > self.size:
             self._check_resize(end * self.hsize)
-        for hidx in range(first, end):
-            if hidx not in self.pages:
-                self.pages[hidx] = self.hsubsys.alloc_folio(self.hstate, errno.ENOSPC)
+        self._fill_holes(first, end, errno.ENOSPC)
         if not mode & FALLOC_FL_KEEP_SIZE:
             self.size = max(self.size, offset + length)
 
@@ -419,8 +565,8 @@ class HugetlbMemfdFile(MemfdFile):
         while at < end:
             hidx, off = divmod(at, self.hsize)
             nxt = min(end, (hidx + 1) * self.hsize)
-            pa = self.pages.get(hidx)
-            out += self.mem.read(pa + off, nxt - at) if pa is not None else bytes(nxt - at)
+            hit = self._find(hidx << self.hstate.order)
+            out += self.mem.read(hit[1] + off, nxt - at) if hit is not None else bytes(nxt - at)
             at = nxt
         return bytes(out)
 
@@ -432,20 +578,27 @@ class HugetlbMemfdFile(MemfdFile):
         self._check_store(offset, length)
         seed &= _MASK64
         o = self.hstate.order
-        for hidx in range(offset // self.hsize, (offset + length) // self.hsize):
-            fseed = folio_seed(seed, hidx << o)
-            pa = self.pages.get(hidx)
-            if pa is None:  # faulted in and stored to at once: one fill, not two
-                self.pages[hidx] = self.hsubsys.alloc_folio(self.hstate, seed=fseed)
-            else:
-                self.mem.fill_folio(pa, o, fseed)
+        first, end = offset // self.hsize, (offset + length) // self.hsize
+        present = [(max(i, first << o), pa + ((max(i, first << o) - i) >> o) * self.hsize,
+                    (min(end << o, i + (n << o)) - max(i, first << o)) >> o)
+                   for i, pa, _o, n in self._fruns
+                   if i < end << o and i + (n << o) > first << o]
+        # pages faulted in and stored to at once: one fill, not two; in index
+        # order, as the per-page stores take them from the pool
+        pos = first
+        for i, pa, n in [*present, (end << o, 0, 0)]:
+            if (i >> o) > pos:
+                self._fault_in(pos, (i >> o) - pos, seed=seed)
+            if n:
+                self.mem.fill_run(pa, o, n, seed, family=True, index0=i)
+            pos = (i >> o) + n
 
     def release(self) -> None:
         """Last reference: the pages go back to the pool."""
         self._free_from(0)
 
     def __repr__(self) -> str:
-        return (f"<HugetlbMemfdFile {self.name!r} size={self.size:#x} pages={len(self.pages)} "
+        return (f"<HugetlbMemfdFile {self.name!r} size={self.size:#x} pages={self.nr_folios} "
                 f"hstate={self.hstate.name} fds={self.fds} ref={self.refcount}>")
 
 
@@ -496,7 +649,7 @@ class HugetlbFlb(Flb):
 class _Preserved:
     ser_pa: int
     desc: KhoVmalloc
-    folios: list[tuple[int, int, int]]
+    folios: list[tuple[int, int, int, int]]  # runs (index, pa, order, count)
 
 
 class HugemfdLuoHandler(FileHandler):
@@ -525,38 +678,43 @@ class HugemfdLuoHandler(FileHandler):
         ser_pa = kho.alloc_preserve(HugemfdSer.SIZE)
         was_frozen = file.frozen
         file.frozen = True
-        done: list[int] = []
+        done: list[tuple[int, int]] = []  # preserved (pa, count) runs
         counted = 0  # folios added to the FLB count
         try:
             desc = KhoVmalloc()
-            folios: list[tuple[int, int, int]] = []
+            folios: list[tuple[int, int, int, int]] = []
             if file.size:
                 file.populate()
-                folios = file.folios()
-                for _index, pa, order in folios:
-                    kho.preserve_folio(pa, order)
+                folios = file.folio_runs()
+                for _index, pa, order, count in folios:
                     if not counted:  # hugetlb_flb_add_folio() fails on the first or never
+                        kho.preserve_folio_run(pa, order, 1)
                         try:
                             flb.add_folio(h, +1)
                         except KernelError:
                             kho.unpreserve_folio(pa, order)
                             raise
                         counted = 1
-                    done.append(pa)
-                if len(done) > counted:  # the rest of the count in one FLB write
-                    flb.add_folio(h, len(done) - counted)
-                    counted = len(done)
-                recs = [HugemfdFolioSer(pa >> PAGE_SHIFT, index) for index, pa, _o in folios]
-                desc = KhoVmalloc.decode(kho.preserve_vmalloc(encode_hugemfd_folios(recs)))
+                        done.append((pa, 1))
+                        pa, count = pa + h.size, count - 1
+                    kho.preserve_folio_run(pa, order, count)
+                    done.append((pa, count))
+                total = sum(n for _pa, n in done)
+                if total > counted:  # the rest of the count in one FLB write
+                    flb.add_folio(h, total - counted)
+                    counted = total
+                # one hugemfd_folio_ser {pfn:52, reserved:12; index} per folio,
+                # the layout of memfd_luo_folio_ser with no flags: generated pages
+                desc = KhoVmalloc.decode(kho.preserve_vmalloc(folio_records(folios, 0)))
         except KernelError:
             if counted:
                 flb.add_folio(h, -counted)
-            for pa in reversed(done):
-                kho.unpreserve_folio(pa, h.order)
+            for pa, n in reversed(done):
+                kho.unpreserve_folio_run(pa, h.order, n)
             file.frozen = was_frozen
             kho.unpreserve_free(ser_pa)
             raise
-        k.machine.memory.write(ser_pa, HugemfdSer(file.size, file.pos, len(folios), desc,
+        k.machine.memory.write(ser_pa, HugemfdSer(file.size, file.pos, file.nr_folios, desc,
                                                   h.order).encode())
         args.serialized_data = ser_pa
         args.private_data = _Preserved(ser_pa, desc, folios)
@@ -568,9 +726,11 @@ class HugemfdLuoHandler(FileHandler):
         kho = self.kernel.kho
         if priv.folios:
             kho.unpreserve_vmalloc(priv.desc.encode())
-        for _index, pa, order in priv.folios:
-            self.subsys.flb.add_folio(file.hstate, -1)
-            kho.unpreserve_folio(pa, order)
+        nr = sum(r[3] for r in priv.folios)
+        if nr:
+            self.subsys.flb.add_folio(file.hstate, -nr)
+        for _index, pa, order, count in priv.folios:
+            kho.unpreserve_folio_run(pa, order, count)
         file.frozen = False
         kho.unpreserve_free(priv.ser_pa)
 
@@ -586,28 +746,56 @@ class HugemfdLuoHandler(FileHandler):
         except DecodeError as exc:  # pragma: no cover - fixed-size read
             raise KernelError(errno.EINVAL, str(exc)) from None
 
-    def _folios(self, ser: HugemfdSer) -> list[HugemfdFolioSer] | None:
-        """kho_restore_vmalloc() of the folio array, then vfree(); None on failure."""
+    def _folios(self, ser: HugemfdSer) -> _Recs | None:
+        """kho_restore_vmalloc() of the folio array, then vfree(); None on failure.
+
+        The records as segments (:class:`_Recs`): cost per run of folios."""
         k = self.kernel
-        data_pages: list[int] = []
-        cpa = ser.folios.first
+        desc = ser.folios.encode()
         try:
-            while cpa and len(data_pages) <= ser.folios.total_pages:
-                chunk = KhoVmallocChunk.decode(k.machine.memory.read(cpa, PAGE_SIZE))
-                data_pages.extend(chunk.phys)
-                cpa = chunk.next
+            data_pages, _chunks = k.kho._vmalloc_page_array(desc)
+        except KernelError:
+            data_pages = np.zeros(0, dtype=np.uint64)
+        view = k.kho.restore_vmalloc_view(desc)
+        if view is None:
+            return None
+        pfns = (data_pages >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        for first, n in contiguous_runs(pfns):
+            for a, b in k.mm.allocated.order0_spans(first, n):
+                k.mm.free_run(a << PAGE_SHIFT, 0, b - a)
+        try:
+            return _Recs(decode_folio_pieces(view, ser.nr_folios, "hugemfd folio array"))
         except (DecodeError, ValueError):
             return None
-        data = k.kho.restore_vmalloc(ser.folios.encode())
-        if data is None:
-            return None
-        for pa in data_pages:
-            if k.mm.allocated.get(pa >> PAGE_SHIFT) is not None:
-                k.mm.free_pages(pa)
-        try:
-            return decode_hugemfd_folios(data, ser.nr_folios)
-        except (DecodeError, ValueError):
-            return None
+
+    def _restore(self, recs: _Recs, order: int | None, *, strict: bool
+                 ) -> Iterator[tuple[int, int, int]]:
+        """``kho_restore_folio()`` of every record in order, by runs: yields the
+        restored (index, pa, count) runs.  ``strict``: a record that does not
+        restore to a folio of ``order`` raises EINVAL (after the ones before
+        it are yielded); else only records that do not restore are skipped.
+        ``order`` None: any order, one by one."""
+        kho = self.kernel.kho
+        faults = self.kernel.machine.faults
+        for i0, n in recs.runs(0):
+            pa = recs.pfn_at(i0) << PAGE_SHIFT
+            index = recs.index_at(i0)
+            if (order is not None and n > 1 and recs.pfn_at(i0 + 1) - recs.pfn_at(i0) == 1 << order
+                    and order <= kho.max_restore_order and pa % (PAGE_SIZE << order) == 0
+                    and not faults.pending(FP_RESTORE, n)
+                    and kho.in_magic.live_prefix(pa >> PAGE_SHIFT, order, n) == n):
+                kho.restore_folio_run(pa, order, n)  # all of them restore
+                yield index, pa, n
+                continue
+            for i in range(i0, i0 + n):  # one by one, as the kernel loop does
+                ipa = recs.pfn_at(i) << PAGE_SHIFT
+                got = kho.restore_folio(ipa)
+                if got is None or got != order:
+                    if strict:
+                        raise KernelError(errno.EINVAL, f"folio {ipa:#x} could not be restored")
+                    if got is None:
+                        continue
+                yield recs.index_at(i), ipa, 1
 
     def retrieve(self, args: FileOpArgs) -> None:
         """hugemfd_retrieve(): a new hugetlb file made of the preserved pages.
@@ -633,13 +821,9 @@ class HugemfdLuoHandler(FileHandler):
                 recs = self._folios(ser)
                 if recs is None:
                     raise KernelError(errno.ENOMEM, "cannot restore the hugemfd folio array")
-                for rec in recs:
-                    pa = rec.pfn << PAGE_SHIFT
-                    order = k.kho.restore_folio(pa)
-                    if order is None or order != h.order:
-                        raise KernelError(errno.EINVAL, f"folio {pa:#x} could not be restored")
-                    self.subsys.adopt_folio(h, pa, in_use=True)
-                    file.pages[rec.index >> h.order] = pa
+                for index, pa, n in self._restore(recs, h.order, strict=True):
+                    h.nr_huge_pages += n  # account_new_hugetlb_folio(), in use
+                    file._add_run(index, pa, h.order, n)
         finally:
             k.mm.free_pages(ser_pa)
         args.file = file
@@ -655,16 +839,15 @@ class HugemfdLuoHandler(FileHandler):
             return
         ser = self._record(ser_pa)
         k.mm.free_pages(ser_pa)
-        recs = self._folios(ser) if ser.nr_folios else []
+        recs = self._folios(ser) if ser.nr_folios else _Recs.empty()
         if recs is None:
             k.warn("hugetlb", "WARNING: hugemfd_finish: folio array not restorable")
             return
         h = self.subsys.hstates.get(ser.order)
-        for rec in recs:
-            pa = rec.pfn << PAGE_SHIFT
-            if k.kho.restore_folio(pa) is None:
-                continue
-            if h is None:  # no hstate: give the memory back to the buddy allocator
+        if h is None:  # no hstate: give the memory back to the buddy allocator
+            for _index, pa, _n in self._restore(recs, None, strict=False):
                 k.mm.free_pages(pa)
-                continue
-            self.subsys.adopt_folio(h, pa, in_use=False)
+            return
+        for _index, pa, n in self._restore(recs, h.order, strict=False):
+            h.nr_huge_pages += n  # each joins the pool as a free page, in record order
+            h.free.free_in_order(pa, n, h.size)
