@@ -80,10 +80,15 @@ def _leaf_runs(page: bytes, start: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size: int,
-                      max_nodes: int = 1 << 20) -> RadixWalk:
+                      max_nodes: int = 1 << 20,
+                      full_leaf: Callable[[int], bool] | None = None) -> RadixWalk:
     """:func:`~luosim.abi.kho.walk_radix_tree` in bulk, as runs of blocks (cost per
     node and run, not per block); never raises DecodeError: the walk stops where
-    the generator would have raised, keeping what it yielded."""
+    the generator would have raised, keeping what it yielded.
+
+    ``full_leaf(pa)``, when given, says a leaf page is known to be all ones
+    without reading it (a generated page): it is walked as those bytes.  It
+    must only say so when reading the page would give all ones."""
     out = RadixWalk()
     pas: list[np.ndarray] = []
     orders: list[np.ndarray] = []
@@ -139,10 +144,11 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
             raise DecodeError("kho radix tree", 0, "table", f"more than {max_nodes} nodes",
                               kind="cycle")
         out.nodes.append(node_pa)
-        page = read_page(node_pa)
         if level == 0:
-            leaf(node_pa, page, start)
+            leaf(node_pa, _FULL_LEAF if full_leaf is not None and full_leaf(node_pa)
+                 else read_page(node_pa), start)
             return
+        page = read_page(node_pa)
         shift = (level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2
         table = np.frombuffer(page, dtype="<u8")
         for i in np.flatnonzero(table).tolist():

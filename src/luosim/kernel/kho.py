@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -55,7 +56,16 @@ from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.faults.mutator import corrupt_kho_root, corrupt_radix_root
-from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, BytePiece, GenPiece, Piece, Records
+from luosim.hw.memory import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    BytePiece,
+    Field,
+    GenPiece,
+    Piece,
+    Records,
+    ones_records,
+)
 from luosim.kernel.mm.page_alloc import order_for
 
 if TYPE_CHECKING:
@@ -100,6 +110,49 @@ def contiguous_runs(pfns: np.ndarray) -> list[tuple[int, int]]:
     firsts = np.concatenate(([0], brk))
     lasts = np.concatenate((brk, [pfns.size]))
     return [(int(pfns[a]), int(b - a)) for a, b in zip(firsts.tolist(), lasts.tolist())]
+
+
+AddrRun = tuple[int, int, int]  # (first address, entries, step): first + k * step, k < entries
+
+
+def address_runs(addrs: np.ndarray) -> list[AddrRun]:
+    """``addrs`` (u64) as runs of addresses one page apart (no wrap-around)."""
+    if not addrs.size:
+        return []
+    a = addrs.astype(np.uint64)
+    step = (a[1:] - a[:-1] == np.uint64(PAGE_SIZE)) & (a[1:] > a[:-1])
+    brk = np.flatnonzero(~step) + 1
+    firsts = [0, *brk.tolist()]
+    lasts = [*brk.tolist(), int(a.size)]
+    return [(int(a[f]), e - f, PAGE_SIZE) for f, e in zip(firsts, lasts)]
+
+
+def runs_array(runs: Sequence[AddrRun]) -> np.ndarray:
+    """Every address of ``runs``, in order (u64)."""
+    if not runs:
+        return np.zeros(0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return np.concatenate([np.uint64(first) + np.arange(n, dtype=np.uint64) * np.uint64(step)
+                               for first, n, step in runs])
+
+
+def page_spans(runs: Sequence[AddrRun]) -> list[tuple[int, int]] | None:
+    """(first pfn, pages) of the runs of consecutive pages that ``runs`` list, in
+    order, as :func:`contiguous_runs` of their pfns gives them; None unless every
+    entry is a page address and no page is listed twice."""
+    spans: list[list[int]] = []
+    for first, n, step in runs:
+        if first % PAGE_SIZE or (n > 1 and step != PAGE_SIZE):
+            return None
+        p = first >> PAGE_SHIFT
+        if spans and spans[-1][0] + spans[-1][1] == p:
+            spans[-1][1] += n
+        else:
+            spans.append([p, n])
+    srt = sorted(spans)
+    if any(a[0] + a[1] > b[0] for a, b in itertools.pairwise(srt)):
+        return None
+    return [(p, n) for p, n in spans]
 
 
 class PreservedBlocks:
@@ -477,7 +530,7 @@ class Kho:
             return
         self.scratch = scratch
         walk = walk_radix_arrays(lambda pa: self.mem.read(pa, PAGE_SIZE), root.mem_map_pa,
-                                 self.mem.size)
+                                 self.mem.size, full_leaf=self.mem.is_ones_page)
         error = walk.error
         mem = self.mem.size
         for pa, o, n in zip(walk.pa.tolist(), walk.order.tolist(), walk.count.tolist()):
@@ -819,17 +872,54 @@ class Kho:
         k.machine.faults.hit_many(FP_PRESERVE, nr + groups, "vmalloc")
         for pa, n in all_runs:
             self.preserved.add_run(pa >> PAGE_SHIFT, 0, n, owner)
-        pages = np.concatenate([(pa >> PAGE_SHIFT) + np.arange(n, dtype=np.int64)
-                                for pa, n in runs]) << PAGE_SHIFT
         chunks = [pa + i * PAGE_SIZE for pa, n in chunk_runs for i in range(n)]
         per_chunk = PAGE_SIZE // 8 - 1
-        for ci, cpa in enumerate(chunks):
-            body = np.zeros(PAGE_SIZE // 8, dtype="<u8")
-            body[0] = chunks[ci + 1] if ci + 1 < len(chunks) else 0
-            group = pages[ci * per_chunk:(ci + 1) * per_chunk]
-            body[1:1 + group.size] = group
-            self.mem.write_pages(cpa, body.tobytes())
+        entries: list[list[tuple[int, int]]] = [[] for _ in chunks]  # (first page, pages)
+        ci = used = 0
+        for pa, n in runs:
+            while n:
+                take = min(n, per_chunk - used)
+                entries[ci].append((pa, take))
+                pa += take * PAGE_SIZE
+                n -= take
+                used += take
+                if used == per_chunk:
+                    ci, used = ci + 1, 0
+        self._write_vmalloc_chunks(chunks, entries)
         return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
+
+    def _write_vmalloc_chunks(self, chunks: list[int],
+                              entries: list[list[tuple[int, int]]]) -> None:
+        """Write the ``kho_vmalloc_chunk`` pages as generated pages: ``hdr.next``,
+        then the listed page addresses (runs of consecutive pages step by a
+        page), zeros after.  Full chunks that follow on in memory and list
+        pages that follow on are one descriptor; any other chunk one of its own."""
+        per_chunk = PAGE_SIZE // 8 - 1
+
+        def joins(j: int) -> bool:  # chunk j is full, of one run, and the next follows it
+            return (j + 1 < len(chunks) and chunks[j + 1] == chunks[j] + PAGE_SIZE
+                    and len(entries[j]) == 1 and entries[j][0][1] == per_chunk)
+
+        i = 0
+        while i < len(chunks):
+            j = i
+            while joins(j) and (j == i or entries[j][0][0]
+                                == entries[j - 1][0][0] + per_chunk * PAGE_SIZE):
+                j += 1
+            if j > i:  # chunks [i, j): next and the first address step per chunk
+                rec = Records(PAGE_SIZE, j - i, (
+                    Field(0, 8, chunks[i] + PAGE_SIZE, PAGE_SIZE),
+                    Field(8, 8, entries[i][0][0], per_chunk * PAGE_SIZE, per_chunk, PAGE_SIZE)))
+                self.mem.fill_records(chunks[i], j - i, rec)
+                i = j
+                continue
+            fields = [Field(0, 8, chunks[i + 1] if i + 1 < len(chunks) else 0)]
+            w = 1
+            for pa, n in entries[i]:
+                fields.append(Field(8 * w, 8, pa, 0, n, PAGE_SIZE))
+                w += n
+            self.mem.fill_records(chunks[i], 1, Records(PAGE_SIZE, 1, tuple(fields)))
+            i += 1
 
     def preserve_vmalloc(self, data: bytes | Sequence[Records]) -> bytes:
         """``kho_preserve_vmalloc()`` of an area holding ``data`` (order-0 pages):
@@ -873,10 +963,36 @@ class Kho:
             self.mem.write(cpa, body.ljust(PAGE_SIZE, b"\0"))
         return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
 
-    def _vmalloc_page_array(self, desc: bytes) -> tuple[np.ndarray, list[int]]:
-        """(data page addresses as a uint64 array, chunk pages) of a ``kho_vmalloc``."""
+    def _vmalloc_chunk(self, cpa: int) -> tuple[int, list[AddrRun]]:
+        """(``hdr.next``, the entries before the zero terminator) of the chunk page
+        at ``cpa``: per descriptor when it is a generated page nobody wrote
+        into, else from its bytes (the same result)."""
+        g = self.mem.gen_page(cpa)
+        words = g.records.u64_words(g.off, PAGE_SIZE) if g is not None else None
+        if words is None:
+            arr = np.frombuffer(self.mem.read(cpa, PAGE_SIZE), dtype="<u8")
+            zero = np.flatnonzero(arr[1:] == 0)
+            used = arr[1:1 + int(zero[0])] if zero.size else arr[1:]
+            return int(arr[0]), address_runs(used)
+        nxt = 0
+        out: list[AddrRun] = []
+        pos = 1  # the next entry's word
+        for w, n, first, step in words:  # by word, not overlapping; words between are zero
+            if w == 0:
+                nxt = first
+                w, n, first = 1, n - 1, first + step
+                if not n:
+                    continue
+            if w > pos or first == 0:  # a zero word: the terminator
+                break
+            out.append((first, n, step))
+            pos = w + n
+        return nxt, out
+
+    def _vmalloc_page_runs(self, desc: bytes) -> tuple[list[AddrRun], list[int]]:
+        """(data page addresses as runs, chunk pages) of a ``kho_vmalloc``."""
         first, total, _flags, order = struct.unpack("<QIHH", desc)
-        parts: list[np.ndarray] = []
+        runs: list[AddrRun] = []
         listed = 0
         chunks: list[int] = []
         cpa = first
@@ -884,17 +1000,30 @@ class Kho:
             if cpa % PAGE_SIZE or cpa + PAGE_SIZE > self.mem.size or len(chunks) > total + 1:
                 raise KernelError(errno.EINVAL, f"kho_vmalloc chunk pointer {cpa:#x} is bad")
             chunks.append(cpa)
-            words = np.frombuffer(self.mem.read(cpa, PAGE_SIZE), dtype="<u8")
-            zero = np.flatnonzero(words[1:] == 0)
-            used = words[1:1 + int(zero[0])] if zero.size else words[1:]
-            parts.append(used)
-            listed += used.size
-            cpa = int(words[0])
+            cpa, entries = self._vmalloc_chunk(cpa)
+            runs += entries
+            listed += sum(n for _first, n, _step in entries)
         if listed << order != total:
             raise KernelError(errno.EINVAL, f"kho_vmalloc lists {listed} pages, "
                               f"header says {total}")
-        pages = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-        return pages.astype(np.uint64), chunks
+        return runs, chunks
+
+    def _vmalloc_page_array(self, desc: bytes) -> tuple[np.ndarray, list[int]]:
+        """(data page addresses as a uint64 array, chunk pages) of a ``kho_vmalloc``."""
+        runs, chunks = self._vmalloc_page_runs(desc)
+        return runs_array(runs), chunks
+
+    def vmalloc_spans(self, desc: bytes) -> list[tuple[int, int]]:
+        """:func:`contiguous_runs` of the data pages' pfns of a ``kho_vmalloc``
+        (empty when it cannot be read)."""
+        try:
+            runs, _chunks = self._vmalloc_page_runs(desc)
+        except KernelError:
+            return []
+        spans = page_spans(runs)
+        if spans is None:
+            spans = contiguous_runs((runs_array(runs) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+        return spans
 
     def _vmalloc_pages(self, desc: bytes) -> tuple[list[int], list[int]]:
         pages, chunks = self._vmalloc_page_array(desc)
@@ -918,13 +1047,25 @@ class Kho:
         area order (:meth:`PhysicalMemory.view` of each physical run of its
         pages), None on failure.  Generated pages stay descriptors."""
         try:
-            pages_arr, chunks = self._vmalloc_page_array(desc)
+            addr_runs, chunks = self._vmalloc_page_runs(desc)
         except KernelError as exc:
             self.kernel.printk("err", "kho", f"kho_restore_vmalloc: {exc}")
             return None
+        faults = self.kernel.machine.faults
+        total = sum(n for _first, n, _step in addr_runs)
+        spans = page_spans(addr_runs)
+        if (spans is not None and not faults.pending(FP_RESTORE, total)
+                and all(self.in_magic.live_prefix(p, 0, n) == n for p, n in spans)):
+            # distinct pages, every one with an order-0 magic: claimed by runs
+            faults.hit_many(FP_RESTORE, total, "vmalloc")
+            for first, n in spans:
+                self.in_magic.claim_blocks(first, 0, n)
+                self.kernel.mm.adopt_run(first << PAGE_SHIFT, 0, n)
+            return self._vmalloc_view([], spans, chunks)
+        pages_arr = runs_array(addr_runs)
         pfns = (pages_arr >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         runs = contiguous_runs(pfns)
-        if (not self.kernel.machine.faults.pending(FP_RESTORE, len(pfns))
+        if (not faults.pending(FP_RESTORE, len(pfns))
                 and bool((self.in_magic.lookup(pfns) == 0).all())):
             # every page carries an order-0 magic: claim them all at once
             self.kernel.machine.faults.hit_many(FP_RESTORE, len(pfns), "vmalloc")
@@ -940,6 +1081,12 @@ class Kho:
             out.append(BytePiece(0, b"".join(self.mem.read(int(pa), PAGE_SIZE)
                                              for pa in pages_arr.tolist())))
             runs = []
+        return self._vmalloc_view(out, runs, chunks)
+
+    def _vmalloc_view(self, out: list[Piece], runs: list[tuple[int, int]], chunks: list[int]
+                      ) -> list[Piece] | None:
+        """The restored area's pieces (``out``, then the views of the page ``runs``),
+        after restoring and freeing the chunk pages."""
         for first, n in runs:
             for piece in self.mem.view(first << PAGE_SHIFT, n * PAGE_SIZE):
                 last = out[-1] if out else None
@@ -1024,9 +1171,16 @@ class Kho:
                         leaves.setdefault(prefix, []).append(
                             (lo - (prefix << shift), hi - (prefix << shift)))
         events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
-        nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
-        for _first, neg_level, prefix in events:
-            nodes[(-neg_level, prefix)] = k.mm.alloc_pages(0)
+        # the nodes in allocation order, as that many alloc_pages(0) hand them out
+        try:
+            node_pas = [pa + (i << PAGE_SHIFT)
+                        for pa, n in k.mm.alloc_pages_bulk(0, len(events) + 1)
+                        for i in range(n)]
+        except KernelError:  # out of memory: fail where the one-by-one allocation fails
+            node_pas = [k.mm.alloc_pages(0) for _ in range(len(events) + 1)]
+        nodes: dict[tuple[int, int], int] = {(top, 0): node_pas[0]}
+        for (_first, neg_level, prefix), pa in zip(events, node_pas[1:]):
+            nodes[(-neg_level, prefix)] = pa
         root = nodes[(top, 0)]
         tables: dict[int, np.ndarray] = {}
         for (level, _prefix), pa in nodes.items():
@@ -1039,15 +1193,24 @@ class Kho:
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
         nbits = 1 << KHO_BITMAP_SIZE_LOG2
-        full = b"\xff" * (nbits >> 3)
+        full: list[int] = []
         for leaf, ranges in leaves.items():
             if ranges == [(0, nbits)]:  # a leaf of one run covering it: all ones
-                self.mem.write_pages(nodes[(0, leaf)], full)
+                full.append(nodes[(0, leaf)])
                 continue
             bitmap = np.zeros(nbits, dtype=np.uint8)
             for lo, hi in ranges:
                 bitmap[lo:hi] = 1
             self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
+        # full leaves: generated all-ones pages, one descriptor per physical run
+        full.sort()
+        i = 0
+        while i < len(full):
+            j = i + 1
+            while j < len(full) and full[j] == full[j - 1] + PAGE_SIZE:
+                j += 1
+            self.mem.fill_records(full[i], j - i, ones_records(j - i))
+            i = j
         return root
 
     def _blob_size(self, name: str, pa: int) -> int:

@@ -1,0 +1,259 @@
+"""KHO metadata as generated pages: vmalloc chunk pages and full radix leaves.
+
+The writers lay these pages out as descriptors (hw.memory.Records) and the
+readers decode them per descriptor; every check here compares the
+descriptor path with decoding the plain bytes, also after something wrote
+into a chunk page or a leaf (a corrupt:* mutation, DMA), which must turn the
+page back into bytes that the readers then see.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from luosim.abi.kho import walk_radix_tree
+from luosim.abi.kho_radix import walk_radix_arrays
+from luosim.errors import KernelError
+from luosim.hw.machine import Machine
+from luosim.hw.memory import PAGE_SIZE, Field, PhysicalMemory, Records, is_ones, ones_records
+from luosim.kernel.kho import address_runs, page_spans, runs_array
+
+U64 = (1 << 64) - 1
+
+
+def words_of(runs: list[tuple[int, int, int, int]], nwords: int) -> np.ndarray:
+    out = np.zeros(nwords, dtype=np.uint64)
+    for w, n, first, step in runs:
+        out[w:w + n] = [first + e * step for e in range(n)]
+    return out
+
+
+@st.composite
+def word_records_st(draw: st.DrawFn) -> Records:
+    size = draw(st.sampled_from([8, 16, 24, 4096]))
+    fields = []
+    for _ in range(draw(st.integers(0, 3))):
+        count = draw(st.integers(1, max(1, min(size // 8, 600))))
+        if count * 8 > size:
+            continue
+        word = draw(st.integers(0, size // 8 - count))
+        big = draw(st.booleans())
+        fields.append(Field(8 * word, 8, draw(st.integers(0, U64 if big else 1 << 40)),
+                            draw(st.integers(0, U64 if big else 1 << 30)), count,
+                            draw(st.integers(0, 1 << 20))))
+    return Records(size, draw(st.integers(0, 40)), tuple(fields))
+
+
+@given(rec=word_records_st(), r0=st.integers(0, 50), nr=st.integers(0, 5))
+@settings(max_examples=300, deadline=None)
+def test_u64_words_are_the_bytes(rec: Records, r0: int, nr: int) -> None:
+    off, n = r0 * rec.size, nr * rec.size
+    runs = rec.u64_words(off, n)
+    if runs is None:  # wraps or overlapping fields: the readers read bytes
+        return
+    want = np.frombuffer(rec.materialise(off, n), dtype="<u8")
+    assert (words_of(runs, n // 8) == want).all()
+    assert [w for w, *_ in runs] == sorted(w for w, *_ in runs)
+
+
+def test_u64_words_refuses_what_it_cannot_describe() -> None:
+    assert Records(16, 4, (Field(0, 4, 1),)).u64_words(0, 64) is None  # a 4-byte field
+    assert Records(16, 4, (Field(0, 8, 1),)).u64_words(8, 16) is None  # not on a record
+    assert Records(8, 4, (Field(0, 8, U64, 1),)).u64_words(0, 32) is None  # wraps
+    assert Records(16, 1, (Field(0, 8, 1, 0, 2), Field(8, 8, 5))).u64_words(0, 16) is None
+
+
+def test_ones_pages_are_all_ones_and_recognised() -> None:
+    mem = PhysicalMemory(1 << 20)
+    mem.fill_records(0x3000, 3, ones_records(3))
+    assert mem.read(0x3000, 3 * PAGE_SIZE) == b"\xff" * (3 * PAGE_SIZE)
+    assert [mem.is_ones_page(pa) for pa in range(0x2000, 0x7000, PAGE_SIZE)] == \
+        [False, True, True, True, False]
+    g = mem.gen_page(0x4000)
+    assert g is not None and is_ones(g) and g.materialise() == b"\xff" * PAGE_SIZE
+    mem.write(0x4000 + 100, b"\xfe")  # a write makes it bytes again
+    assert not mem.is_ones_page(0x4000) and mem.is_ones_page(0x5000)
+    assert mem.read(0x4000 + 99, 3) == b"\xff\xfe\xff"
+    mem.scrub([(0x5000, PAGE_SIZE)])
+    assert mem.is_ones_page(0x5000) and not mem.is_ones_page(0x3000)
+
+
+def test_address_runs_and_page_spans() -> None:
+    addrs = np.array([0x1000, 0x2000, 0x3000, 0x9000, 0x8000, 0x9000 - 1, U64 - 0xFFF, 0x1000],
+                     dtype=np.uint64)
+    runs = address_runs(addrs)
+    assert (runs_array(runs) == addrs).all()
+    assert runs[0] == (0x1000, 3, PAGE_SIZE)
+    assert page_spans(runs) is None  # an address inside a page
+    assert page_spans([(0x1000, 3, PAGE_SIZE), (0x4000, 2, PAGE_SIZE), (0x9000, 1, 0)]) == \
+        [(1, 5), (9, 1)]
+    assert page_spans([(0x1000, 3, PAGE_SIZE), (0x2000, 1, 0)]) is None  # listed twice
+    assert page_spans([(0x1000, 2, 0)]) is None
+
+
+# -- kho_vmalloc chunk pages ------------------------------------------------------------
+
+
+def ref_chain(mem: PhysicalMemory, first: int) -> tuple[list[int], list[int]]:
+    """The chunk chain decoded from plain bytes: (data pages, chunk pages)."""
+    pages: list[int] = []
+    chunks: list[int] = []
+    cpa = first
+    while cpa:
+        chunks.append(cpa)
+        words = np.frombuffer(mem.read(cpa, PAGE_SIZE), dtype="<u8").tolist()
+        for w in words[1:]:
+            if not w:
+                break
+            pages.append(w)
+        cpa = words[0]
+    return pages, chunks
+
+
+def _kernel_with_holes(seed: int):  # type: ignore[no-untyped-def]
+    m = Machine.from_topology({})
+    k = m.boot("v7")
+    rng = random.Random(seed)
+    held = [k.mm.alloc_pages(0) for _ in range(rng.randint(0, 3000))]
+    for pa in held:  # free some: the area and its chunks land in several runs
+        if rng.random() < 0.3:
+            k.mm.free_pages(pa, 0)
+    return m, k, rng
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_vmalloc_chunks_per_descriptor_equal_the_bytes(seed: int) -> None:
+    m, k, rng = _kernel_with_holes(seed)
+    nr = rng.choice([1, 2, 510, 511, 512, 1022, 1023, 1500, 2600])
+    data = rng.randbytes(nr * PAGE_SIZE - rng.randrange(PAGE_SIZE))
+    desc = k.kho.preserve_vmalloc(data)
+    first = int.from_bytes(desc[:8], "little")
+    pages, chunks = ref_chain(m.memory, first)
+    assert len(pages) == nr and len(set(pages)) == nr
+    assert all(m.memory.gen_page(c) is not None for c in chunks)  # laid out as descriptors
+    assert b"".join(m.memory.read(p, PAGE_SIZE) for p in pages)[:len(data)] == data
+    got, got_chunks = k.kho._vmalloc_page_array(desc)
+    assert got.tolist() == pages and got_chunks == chunks
+    # a write into a chunk page (a mutation, DMA): read back as bytes, same result
+    for _ in range(3):
+        victim = rng.choice(chunks)
+        word = rng.choice([0, 1, 2, rng.randrange(512), 511])
+        value = rng.choice([0, pages[0], pages[-1] + PAGE_SIZE, rng.getrandbits(64)])
+        m.memory.write(victim + 8 * word, value.to_bytes(8, "little"))
+        assert m.memory.gen_page(victim) is None
+        ref_pages: list[int] | None = None
+        try:
+            ref_pages, ref_chunks = ref_chain_checked(m.memory, desc)
+        except ValueError:
+            pass
+        try:
+            got, got_chunks = k.kho._vmalloc_page_array(desc)
+        except KernelError:  # the reference must fail too
+            assert ref_pages is None
+            continue
+        assert ref_pages is not None
+        assert got.tolist() == ref_pages and got_chunks == ref_chunks
+
+
+def ref_chain_checked(mem: PhysicalMemory, desc: bytes) -> tuple[list[int], list[int]]:
+    """:func:`ref_chain` with the checks ``kho_restore_vmalloc()`` makes (ValueError)."""
+    first = int.from_bytes(desc[:8], "little")
+    total = int.from_bytes(desc[8:12], "little")
+    pages: list[int] = []
+    chunks: list[int] = []
+    cpa = first
+    while cpa:
+        if cpa % PAGE_SIZE or cpa + PAGE_SIZE > mem.size or len(chunks) > total + 1:
+            raise ValueError("bad chunk")
+        chunks.append(cpa)
+        words = np.frombuffer(mem.read(cpa, PAGE_SIZE), dtype="<u8").tolist()
+        for w in words[1:]:
+            if not w:
+                break
+            pages.append(w)
+        cpa = words[0]
+    if len(pages) != total:
+        raise ValueError("count")
+    return pages, chunks
+
+
+def test_generated_folio_array_chunks_restore_after_kexec() -> None:
+    """A memfd of 4 KiB folios: its folio array's chunks are descriptors and the
+    next kernel restores the file from them (and from bytes after a write)."""
+    for corrupt in (False, True):
+        m = Machine.from_topology({})
+        k = m.boot("v7")
+        s = k.open_liveupdate().create_session("vm0")
+        f = k.memfd_create("ram", size=1 << 30)
+        f.fill(0, 1 << 30, 7)
+        s.preserve_fd(f, token=1)
+        fp = f.fingerprint()
+        # the chunk pages: generated pages of one 4 KiB record each
+        chunks = [pa for start, o, n in k.kho.preserved.runs() if o == 0
+                  for pa in range(start << 12, (start + n) << 12, PAGE_SIZE)
+                  if (g := m.memory.gen_page(pa)) is not None and g.records.size == PAGE_SIZE]
+        assert len(chunks) == 3  # 1024 folio-array pages, 511 per chunk
+        if corrupt:  # rewrite a chunk word with its own value: bytes, same content
+            m.memory.write(chunks[1] + 16, m.memory.read(chunks[1] + 16, 8))
+            assert m.memory.gen_page(chunks[1]) is None
+        k2 = k.kexec("v7")
+        f2 = k2.open_liveupdate().retrieve_session("vm0").retrieve_fd(1)
+        assert f2.fingerprint() == fp and f2.folio_runs() == f.folio_runs()
+
+
+# -- full radix leaves ----------------------------------------------------------------
+
+
+def test_full_leaves_are_generated_and_walk_as_their_bytes() -> None:
+    m = Machine.from_topology({"memory": "256GiB"})
+    k = m.boot("v7")
+    leaf = 1 << 15
+    k.kho.preserved.add_run(1 << 21, 0, 3 * leaf, "t")  # three full order-0 leaves
+    k.kho.preserved.add_run(1 << 24, 9, leaf + 5, "t")  # a full order-9 leaf and a bit
+    k.kho.preserved.add((7, 0), "t")
+    root = k.kho._write_radix_tree()
+
+    def read(pa: int) -> bytes:
+        return m.memory.read(pa, PAGE_SIZE)
+
+    nodes: list[int] = []
+    want = list(walk_radix_tree(read, root, m.memory.size, on_node=nodes.append))
+    full = [n for n in nodes if m.memory.is_ones_page(n)]
+    assert len(full) == 4
+    assert all(read(n) == b"\xff" * PAGE_SIZE for n in full)
+    for victim, data in ((None, b""), (full[1], b"\x7f"), (full[3], b"\x00" * 8),
+                         (full[0], b"\xff")):
+        if victim is not None:  # a mutation of a generated leaf: bytes from now on
+            m.memory.write(victim + 4000, data)
+            assert not m.memory.is_ones_page(victim)
+            want = list(walk_radix_tree(read, root, m.memory.size))
+        by_bytes = walk_radix_arrays(read, root, m.memory.size)
+        by_desc = walk_radix_arrays(read, root, m.memory.size, full_leaf=m.memory.is_ones_page)
+        assert by_desc.error is None and by_desc.nodes == nodes == by_bytes.nodes
+        assert by_desc.blocks() == by_bytes.blocks() == want
+        for a, b in ((by_desc.pa, by_bytes.pa), (by_desc.order, by_bytes.order),
+                     (by_desc.count, by_bytes.count)):
+            assert a.tolist() == b.tolist()
+
+
+def test_full_leaves_never_read_when_generated() -> None:
+    m = Machine.from_topology({"memory": "64GiB"})
+    k = m.boot("v7")
+    k.kho.preserved.add_run(1 << 21, 0, 4 << 15, "t")
+    root = k.kho._write_radix_tree()
+    read_pages: list[int] = []
+
+    def read(pa: int) -> bytes:
+        read_pages.append(pa)
+        return m.memory.read(pa, PAGE_SIZE)
+
+    got = walk_radix_arrays(read, root, m.memory.size, full_leaf=m.memory.is_ones_page)
+    runs = list(zip(got.pa.tolist(), got.order.tolist(), got.count.tolist()))
+    assert got.error is None and (1 << 33, 0, 4 << 15) in runs
+    full = [n for n in got.nodes if m.memory.is_ones_page(n)]
+    assert len(full) == 4 and sorted(read_pages) == sorted(set(got.nodes) - set(full))
