@@ -233,12 +233,18 @@ def test_full_leaves_are_generated_and_walk_as_their_bytes() -> None:
             assert not m.memory.is_ones_page(victim)
             want = list(walk_radix_tree(read, root, m.memory.size))
         by_bytes = walk_radix_arrays(read, root, m.memory.size)
-        by_desc = walk_radix_arrays(read, root, m.memory.size, full_leaf=m.memory.is_ones_page)
+        by_desc = walk_radix_arrays(read, root, m.memory.size, full_leaves=m.memory.ones_pages)
         assert by_desc.error is None and by_desc.nodes == nodes == by_bytes.nodes
         assert by_desc.blocks() == by_bytes.blocks() == want
         for a, b in ((by_desc.pa, by_bytes.pa), (by_desc.order, by_bytes.order),
                      (by_desc.count, by_bytes.count)):
             assert a.tolist() == b.tolist()
+        for limit in (2, 4, 5, len(nodes) - 1):  # the node limit stops both at one node
+            cut_b = walk_radix_arrays(read, root, m.memory.size, max_nodes=limit)
+            cut_d = walk_radix_arrays(read, root, m.memory.size, max_nodes=limit,
+                                      full_leaves=m.memory.ones_pages)
+            assert cut_d.nodes == cut_b.nodes and cut_d.blocks() == cut_b.blocks()
+            assert str(cut_d.error) == str(cut_b.error) and cut_b.error is not None
 
 
 def test_full_leaves_never_read_when_generated() -> None:
@@ -252,7 +258,7 @@ def test_full_leaves_never_read_when_generated() -> None:
         read_pages.append(pa)
         return m.memory.read(pa, PAGE_SIZE)
 
-    got = walk_radix_arrays(read, root, m.memory.size, full_leaf=m.memory.is_ones_page)
+    got = walk_radix_arrays(read, root, m.memory.size, full_leaves=m.memory.ones_pages)
     runs = list(zip(got.pa.tolist(), got.order.tolist(), got.count.tolist()))
     assert got.error is None and (1 << 33, 0, 4 << 15) in runs
     full = [n for n in got.nodes if m.memory.is_ones_page(n)]

@@ -153,7 +153,7 @@ class Machine:
                 root = decode_root_fdt(self.memory.read(kd.fdt_addr, kd.fdt_size))
                 walk = walk_radix_arrays(lambda pa: self.memory.read(pa, PAGE_SIZE),
                                          root.mem_map_pa, self.memory.size,
-                                         full_leaf=self.memory.is_ones_page)
+                                         full_leaves=self.memory.ones_pages)
                 # runs of blocks: keep the blocks that lie inside RAM
                 mem = self.memory.size
                 size = [PAGE_SIZE << o for o in walk.order.tolist()]

@@ -191,16 +191,22 @@ class Records:
         return out
 
 
+_ONES_FIELDS = (Field(0, 8, _U64),)
+
+
 def ones_records(npages: int) -> Records:
     """``npages`` pages of all-ones bytes (full KHO radix leaves) as generated pages."""
-    return Records(8, npages * (PAGE_SIZE // 8), (Field(0, 8, _U64),))
+    return Records(8, npages * (PAGE_SIZE // 8), _ONES_FIELDS)
+
+
+def _ones(rec: Records) -> bool:
+    """Whether every record of ``rec`` is all-ones bytes."""
+    return rec.size == 8 and (rec.fields is _ONES_FIELDS or rec.fields == _ONES_FIELDS)
 
 
 def is_ones(piece: GenPiece) -> bool:
     """Whether a generated piece is all-ones bytes (see :func:`ones_records`)."""
-    rec = piece.records
-    return (rec.size == 8 and rec.fields == (Field(0, 8, _U64),)
-            and piece.off + piece.length <= rec.nbytes)
+    return _ones(piece.records) and piece.off + piece.length <= piece.records.nbytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,8 +509,32 @@ class PhysicalMemory:
     def is_ones_page(self, pa: int) -> bool:
         """Whether the page at ``pa`` is generated all-ones bytes (a full KHO
         radix leaf written by :func:`ones_records`), known without reading it."""
-        g = self.gen_page(pa)
-        return g is not None and is_ones(g)
+        return self.ones_pages(pa, 1) == 1
+
+    def ones_pages(self, pa: int, n: int) -> int:
+        """How many of the ``n`` pages from ``pa``, from the first, are generated
+        all-ones pages nobody wrote into (:meth:`is_ones_page`): O(runs)."""
+        if pa % PAGE_SIZE or pa < 0:
+            return 0
+        pfn = pa >> PAGE_SHIFT
+        end = pfn + n
+        p = pfn
+        while p < end:
+            hit = self._run_at(p)
+            if hit is None:
+                break
+            r = hit[0]
+            gen = r.gen
+            if gen is None or not _ones(gen):
+                break
+            stop = min(end, r.end, r.start + ((gen.nbytes - r.gen_off) >> PAGE_SHIFT))
+            written = self._pages.in_range(p, stop)
+            if written:
+                stop = written[0]
+            if stop <= p:
+                break
+            p = stop
+        return p - pfn
 
     def view(self, pa: int, length: int) -> list[Piece]:
         """``[pa, pa + length)`` as pieces in address order: whole generated pages

@@ -530,7 +530,7 @@ class Kho:
             return
         self.scratch = scratch
         walk = walk_radix_arrays(lambda pa: self.mem.read(pa, PAGE_SIZE), root.mem_map_pa,
-                                 self.mem.size, full_leaf=self.mem.is_ones_page)
+                                 self.mem.size, full_leaves=self.mem.ones_pages)
         error = walk.error
         mem = self.mem.size
         for pa, o, n in zip(walk.pa.tolist(), walk.order.tolist(), walk.count.tolist()):
