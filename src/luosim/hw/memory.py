@@ -506,6 +506,27 @@ class PhysicalMemory:
             return None
         return GenPiece(pa, PAGE_SIZE, gen, r.gen_off + ((pfn - r.start) << PAGE_SHIFT))
 
+    def gen_run(self, pa: int) -> GenPiece | None:
+        """The generated pages from ``pa`` that follow on in one stream, nobody
+        having written into them, as one :class:`GenPiece` (at least the page
+        at ``pa``); None when that page is not such a page."""
+        pfn = pa >> PAGE_SHIFT
+        if pa % PAGE_SIZE or pfn in self._pages:
+            return None
+        hit = self._run_at(pfn)
+        if hit is None:
+            return None
+        r = hit[0]
+        gen = r.gen
+        if gen is None:
+            return None
+        stop = r.end
+        written = self._pages.in_range(pfn, stop)
+        if written:
+            stop = written[0]
+        return GenPiece(pa, (stop - pfn) << PAGE_SHIFT, gen,
+                        r.gen_off + ((pfn - r.start) << PAGE_SHIFT))
+
     def is_ones_page(self, pa: int) -> bool:
         """Whether the page at ``pa`` is generated all-ones bytes (a full KHO
         radix leaf written by :func:`ones_records`), known without reading it."""

@@ -989,6 +989,33 @@ class Kho:
             pos = w + n
         return nxt, out
 
+    def _joined_chunks(self, cpa: int, limit: int) -> tuple[int, list[AddrRun], int] | None:
+        """Chunk pages from ``cpa`` that one descriptor lays out as full chunks
+        each pointing at the next page (as :meth:`_write_vmalloc_chunks` joins
+        them), up to ``limit`` of them: (``hdr.next`` of the last, the entries,
+        how many chunks); None when fewer than two (read them one by one)."""
+        g = self.mem.gen_run(cpa)
+        if g is None or g.off % PAGE_SIZE:
+            return None
+        rec = g.records
+        per = PAGE_SIZE // 8 - 1
+        if rec.size != PAGE_SIZE or len(rec.fields) != 2:
+            return None
+        f0, f1 = rec.fields
+        r = g.off // PAGE_SIZE
+        m = min(g.length // PAGE_SIZE, rec.nrec - r, limit)
+        if (m < 2 or (f0.offset, f0.width, f0.count, f0.step) != (0, 8, 1, PAGE_SIZE)
+                or f0.base + (r - 1) * PAGE_SIZE != cpa  # record k's next: the page after it
+                or (f1.offset, f1.width, f1.count, f1.elem_step) != (8, 8, per, PAGE_SIZE)):
+            return None
+        first = f1.base + r * f1.step
+        if first == 0 or first + (m - 1) * f1.step + (per - 1) * PAGE_SIZE > (1 << 64) - 1:
+            return None  # a zero entry (the terminator) or wrapping: by words
+        if f1.step == per * PAGE_SIZE:  # the chunks list pages that follow on
+            return cpa + m * PAGE_SIZE, [(first, per * m, PAGE_SIZE)], m
+        return (cpa + m * PAGE_SIZE,
+                [(first + k * f1.step, per, PAGE_SIZE) for k in range(m)], m)
+
     def _vmalloc_page_runs(self, desc: bytes) -> tuple[list[AddrRun], list[int]]:
         """(data page addresses as runs, chunk pages) of a ``kho_vmalloc``."""
         first, total, _flags, order = struct.unpack("<QIHH", desc)
@@ -999,8 +1026,14 @@ class Kho:
         while cpa:
             if cpa % PAGE_SIZE or cpa + PAGE_SIZE > self.mem.size or len(chunks) > total + 1:
                 raise KernelError(errno.EINVAL, f"kho_vmalloc chunk pointer {cpa:#x} is bad")
-            chunks.append(cpa)
-            cpa, entries = self._vmalloc_chunk(cpa)
+            joined = self._joined_chunks(cpa, total + 2 - len(chunks))
+            if joined is not None:
+                nxt, entries, m = joined
+                chunks.extend(range(cpa, cpa + m * PAGE_SIZE, PAGE_SIZE))
+                cpa = nxt
+            else:
+                chunks.append(cpa)
+                cpa, entries = self._vmalloc_chunk(cpa)
             runs += entries
             listed += sum(n for _first, n, _step in entries)
         if listed << order != total:
@@ -1099,6 +1132,17 @@ class Kho:
                     out[-1] = BytePiece(last.pa, last.data + piece.data)
                 else:
                     out.append(piece)
+        # the chunk pages: kho_restore_pages() and freed, one by one or by runs
+        cspans = page_spans([(cpa, 1, 0) for cpa in chunks])
+        faults = self.kernel.machine.faults
+        if (cspans is not None and not faults.pending(FP_RESTORE, len(chunks))
+                and all(self.in_magic.live_prefix(p, 0, n) == n for p, n in cspans)):
+            faults.hit_many(FP_RESTORE, len(chunks), "vmalloc chunks")
+            for p, n in cspans:
+                self.in_magic.claim_blocks(p, 0, n)
+                self.kernel.mm.adopt_run(p << PAGE_SHIFT, 0, n)
+                self.kernel.mm.free_run(p << PAGE_SHIFT, 0, n)
+            return out
         for cpa in chunks:
             if not self.restore_pages(cpa, 1):
                 return None
