@@ -16,7 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from luosim.abi.kho import walk_radix_tree
+from luosim.abi.kho import (
+    KHO_BITMAP_SIZE_LOG2,
+    KHO_ORDER_0_LOG2,
+    KHO_TABLE_SIZE_LOG2,
+    KHO_TREE_MAX_DEPTH,
+    walk_radix_tree,
+)
 from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.hw.machine import Machine
@@ -273,3 +279,78 @@ def test_full_leaves_never_read_when_generated() -> None:
     assert got.error is None and (1 << 33, 0, 4 << 15) in runs
     full = [n for n in got.nodes if m.memory.is_ones_page(n)]
     assert len(full) == 4 and sorted(read_pages) == sorted(set(got.nodes) - set(full))
+
+
+def ref_node_order(runs: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """(level, prefix) of every radix node in ``kho_radix_add_page()`` allocation
+    order, node by node: by the first block needing it, then top down."""
+    top = KHO_TREE_MAX_DEPTH - 1
+    first_use: dict[tuple[int, int], tuple[int, int]] = {}
+    for start, o, n in runs:
+        k0 = (1 << (KHO_ORDER_0_LOG2 - o)) | (start >> o)
+        k1 = k0 + n
+        for level in range(top):
+            shift = level * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2
+            for prefix in range(k0 >> shift, ((k1 - 1) >> shift) + 1):
+                first = (start + ((max(k0, prefix << shift) - k0) << o), o)
+                if first < first_use.get((level, prefix), (1 << 64, 0)):
+                    first_use[(level, prefix)] = first
+    return [(top, 0)] + [(-nl, p) for _f, nl, p in
+                         sorted((f, -lv, p) for (lv, p), f in first_use.items())]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_radix_writer_by_leaf_ranges_allocates_like_node_by_node(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full leaves are allocated and linked as ranges: the same nodes in the same
+    order at the same addresses as node by node, runs crossing level-1 tables
+    (512 leaves), sharing leaves, of several orders."""
+    rng = random.Random(seed)
+    m = Machine.from_topology({"memory": "256GiB"})
+    k = m.boot("v7")
+    leaf = 1 << 15
+    base = rng.choice([1 << 24, 3 << 24]) - rng.randrange(3 * leaf)
+    n0 = rng.randrange(leaf, 700 * leaf)
+    k.kho.preserved.add_run(base, 0, n0, "t")  # crosses 2^24
+    k.kho.preserved.add((base + n0 + 7, 0), "t")  # in the run's last leaf, or the next
+    k.kho.preserved.add((base - 3, 0), "t")  # in its first leaf, or the one before
+    k.kho.preserved.add_run(base - 5 * leaf, 0, 2 * leaf + rng.randrange(leaf), "t")
+    k.kho.preserved.add_run(1 << 27, 9, rng.randrange(1, 3 * leaf), "t")
+    k.kho.preserved.add_run((1 << 27) + (4 * leaf << 9), 9, leaf, "t")
+    for _ in range(rng.randint(0, 20)):  # small ones here and there, some in shared leaves
+        k.kho.preserved.add((rng.randrange(1 << 30, 1 << 31), 0), "t")
+    got_runs: list[tuple[int, int]] = []
+    real = k.mm.alloc_pages_bulk
+
+    def spy(order: int, count: int, **kw: int) -> list[tuple[int, int]]:
+        out = real(order, count, **kw)
+        got_runs.extend(out)
+        return out
+
+    monkeypatch.setattr(k.mm, "alloc_pages_bulk", spy)
+    runs = k.kho.preserved.runs()
+    root = k.kho._write_radix_tree()
+    allocated = [pa + i * PAGE_SIZE for pa, n in got_runs for i in range(n)]
+    assert allocated[0] == root
+    # the tree as written: (level, prefix) of every node, by walking it
+    top = KHO_TREE_MAX_DEPTH - 1
+    where: dict[int, tuple[int, int]] = {root: (top, 0)}
+
+    def walk(pa: int, level: int, prefix: int) -> None:
+        if level == 0:
+            return
+        table = np.frombuffer(m.memory.read(pa, PAGE_SIZE), dtype="<u8")
+        for i in np.flatnonzero(table).tolist():
+            child = int(table[i])
+            where[child] = (level - 1, (prefix << 9) | i)
+            walk(child, level - 1, (prefix << 9) | i)
+
+    walk(root, top, 0)
+    assert [where[pa] for pa in allocated] == ref_node_order(runs)
+
+    def read(pa: int) -> bytes:
+        return m.memory.read(pa, PAGE_SIZE)
+
+    want = list(walk_radix_tree(read, root, m.memory.size))
+    got = walk_radix_arrays(read, root, m.memory.size, full_leaves=m.memory.ones_pages)
+    assert got.error is None and got.blocks() == want

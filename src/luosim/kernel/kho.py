@@ -1192,6 +1192,9 @@ class Kho:
         # leaf bits are slices - the cost is per run and node, not per block.
         first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
         leaves: dict[int, list[tuple[int, int]]] = {}  # leaf prefix -> set bit ranges
+        # leaves [a, b) one run covers whole (all ones), under one level-1 node:
+        # (a, b, first block's pfn, order) - guest RAM is mostly such leaves
+        full_ranges: list[tuple[int, int, int, int]] = []
         merged: list[list[int]] = []  # runs that follow on joined (per-folio preserves)
         for start, o, n in self.preserved.runs():
             last = merged[-1] if merged else None
@@ -1204,7 +1207,17 @@ class Kho:
             k1 = k0 + n  # exclusive
             for level in range(top):
                 shift = level * 9 + KHO_BITMAP_SIZE_LOG2
-                for prefix in range(k0 >> shift, ((k1 - 1) >> shift) + 1):
+                prefixes: Sequence[int] = range(k0 >> shift, ((k1 - 1) >> shift) + 1)
+                if level == 0:
+                    a, b = -(-k0 >> shift), k1 >> shift  # the leaves this run fills
+                    q = a
+                    while q < b:
+                        e = min(b, (q | 511) + 1)
+                        full_ranges.append((q, e, start + (((q << shift) - k0) << o), o))
+                        q = e
+                    prefixes = sorted({p for p in (prefixes[0], prefixes[-1])
+                                       if not a <= p < b})
+                for prefix in prefixes:
                     lo = max(k0, prefix << shift)
                     first = (start + ((lo - k0) << o), o)
                     key = (level, prefix)
@@ -1214,17 +1227,29 @@ class Kho:
                         hi = min(k1, (prefix + 1) << shift)
                         leaves.setdefault(prefix, []).append(
                             (lo - (prefix << shift), hi - (prefix << shift)))
-        events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
+        # allocation order: by first block, then top down.  A range of full
+        # leaves is one event: no other node's first block falls inside it
+        # (its blocks are its run's alone, and it stops at level-1 boundaries,
+        # where the nodes above it come first)
+        events = sorted([(i, -level, prefix, 1) for (level, prefix), i in first_use.items()]
+                        + [((pfn, o), 0, a, b - a) for a, b, pfn, o in full_ranges])
+        total = 1 + sum(ev[3] for ev in events)
         # the nodes in allocation order, as that many alloc_pages(0) hand them out
         try:
-            node_pas = [pa + (i << PAGE_SHIFT)
-                        for pa, n in k.mm.alloc_pages_bulk(0, len(events) + 1)
-                        for i in range(n)]
+            node_runs = k.mm.alloc_pages_bulk(0, total)
         except KernelError:  # out of memory: fail where the one-by-one allocation fails
-            node_pas = [k.mm.alloc_pages(0) for _ in range(len(events) + 1)]
-        nodes: dict[tuple[int, int], int] = {(top, 0): node_pas[0]}
-        for (_first, neg_level, prefix), pa in zip(events, node_pas[1:]):
-            nodes[(-neg_level, prefix)] = pa
+            node_runs = [(k.mm.alloc_pages(0), 1) for _ in range(total)]
+        node_arr = np.concatenate([pa + (np.arange(n, dtype=np.int64) << PAGE_SHIFT)
+                                   for pa, n in node_runs])
+        nodes: dict[tuple[int, int], int] = {(top, 0): int(node_arr[0])}
+        range_at: list[tuple[int, int, int]] = []  # (first leaf, leaves, index in node_arr)
+        idx = 1
+        for _first, neg_level, prefix, count in events:
+            if -neg_level == 0 and prefix not in leaves:
+                range_at.append((prefix, count, idx))
+            else:
+                nodes[(-neg_level, prefix)] = int(node_arr[idx])
+            idx += count
         root = nodes[(top, 0)]
         tables: dict[int, np.ndarray] = {}
         for (level, _prefix), pa in nodes.items():
@@ -1234,27 +1259,23 @@ class Kho:
             if level < top:
                 parent = nodes[(level + 1, prefix >> 9)]
                 tables[parent][prefix & 511] = pa
+        for a, count, i in range_at:
+            tables[nodes[(1, a >> 9)]][a & 511:(a & 511) + count] = node_arr[i:i + count]
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
         nbits = 1 << KHO_BITMAP_SIZE_LOG2
-        full: list[int] = []
         for leaf, ranges in leaves.items():
-            if ranges == [(0, nbits)]:  # a leaf of one run covering it: all ones
-                full.append(nodes[(0, leaf)])
-                continue
             bitmap = np.zeros(nbits, dtype=np.uint8)
             for lo, hi in ranges:
                 bitmap[lo:hi] = 1
             self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
         # full leaves: generated all-ones pages, one descriptor per physical run
-        full.sort()
-        i = 0
-        while i < len(full):
-            j = i + 1
-            while j < len(full) and full[j] == full[j - 1] + PAGE_SIZE:
-                j += 1
-            self.mem.fill_records(full[i], j - i, ones_records(j - i))
-            i = j
+        if range_at:
+            full = np.sort(np.concatenate([node_arr[i:i + count] for _a, count, i in range_at]))
+            brk = np.flatnonzero(np.diff(full) != PAGE_SIZE) + 1
+            bounds = [0, *brk.tolist(), int(full.size)]
+            for f, e in itertools.pairwise(bounds):
+                self.mem.fill_records(int(full[f]), e - f, ones_records(e - f))
         return root
 
     def _blob_size(self, name: str, pa: int) -> int:
