@@ -354,3 +354,38 @@ def test_radix_writer_by_leaf_ranges_allocates_like_node_by_node(
     want = list(walk_radix_tree(read, root, m.memory.size))
     got = walk_radix_arrays(read, root, m.memory.size, full_leaves=m.memory.ones_pages)
     assert got.error is None and got.blocks() == want
+
+
+def test_mutations_of_generated_leaves_happen_and_are_seen() -> None:
+    """corrupt:*-style edits (faults/mutator.py) of full leaves laid out as
+    generated pages: the edit lands (the page reads the new bytes, it is no
+    longer a generated page) and both walkers see what the byte walk sees."""
+    from luosim.abi.kho import KhoData, decode_root_fdt
+    from luosim.faults.mutator import field_mutants, handover_targets
+
+    m = Machine.from_topology({"memory": "8GiB"})
+    k = m.boot("v7")
+    k.kho.preserved.add_run(1 << 20, 0, 8 << 15, "t")  # eight full leaves
+    kd = k.kho.handover()
+    assert kd is not None
+    root = decode_root_fdt(m.memory.read(KhoData.decode(kd).fdt_addr,
+                                         KhoData.decode(kd).fdt_size)).mem_map_pa
+    leaves = [t for t in handover_targets(m.memory, kd)
+              if t.layer == "kho-radix" and m.memory.is_ones_page(t.pa)]
+    assert len(leaves) == 8
+    rng = random.Random(3)
+
+    def read(pa: int) -> bytes:
+        return m.memory.read(pa, PAGE_SIZE)
+
+    for t in leaves[1::2]:
+        before = read(t.pa)
+        _layer, label, apply = rng.choice(list(field_mutants(m.memory, t, kd, rng)))
+        apply(m.memory, bytearray(kd))
+        assert read(t.pa) != before, label
+        assert not m.memory.is_ones_page(t.pa)
+        by_bytes = walk_radix_arrays(read, root, m.memory.size)
+        by_desc = walk_radix_arrays(read, root, m.memory.size, full_leaves=m.memory.ones_pages)
+        assert by_desc.nodes == by_bytes.nodes and by_desc.blocks() == by_bytes.blocks()
+        assert str(by_desc.error) == str(by_bytes.error)
+    assert sum(m.memory.is_ones_page(t.pa) for t in leaves) == 4
