@@ -11,6 +11,7 @@ intermediate tables of 512 u64 physical addresses.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from luosim.abi.kho import (
     KHO_TABLE_SIZE_LOG2,
     KHO_TREE_MAX_DEPTH,
     PAGE_SHIFT,
+    PAGE_SIZE,
     check_node_ptr,
     leaf_blocks,
 )
@@ -80,10 +82,17 @@ def _leaf_runs(page: bytes, start: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size: int,
-                      max_nodes: int = 1 << 20) -> RadixWalk:
+                      max_nodes: int = 1 << 20,
+                      full_leaves: Callable[[int, int], int] | None = None) -> RadixWalk:
     """:func:`~luosim.abi.kho.walk_radix_tree` in bulk, as runs of blocks (cost per
     node and run, not per block); never raises DecodeError: the walk stops where
-    the generator would have raised, keeping what it yielded."""
+    the generator would have raised, keeping what it yielded.
+
+    ``full_leaves(pa, n)``, when given, says how many of the ``n`` pages from
+    ``pa`` (from the first) are known to be all ones without reading them
+    (generated pages): such leaves are walked as those bytes, and a table's
+    consecutive entries pointing at consecutive full leaves at once.  It must
+    only count pages that read as all ones."""
     out = RadixWalk()
     pas: list[np.ndarray] = []
     orders: list[np.ndarray] = []
@@ -139,16 +148,60 @@ def walk_radix_arrays(read_page: Callable[[int], bytes], root_pa: int, mem_size:
             raise DecodeError("kho radix tree", 0, "table", f"more than {max_nodes} nodes",
                               kind="cycle")
         out.nodes.append(node_pa)
-        page = read_page(node_pa)
         if level == 0:
-            leaf(node_pa, page, start)
+            leaf(node_pa, _FULL_LEAF if full_leaves is not None and full_leaves(node_pa, 1)
+                 else read_page(node_pa), start)
             return
+        page = read_page(node_pa)
         shift = (level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2
         table = np.frombuffer(page, dtype="<u8")
-        for i in np.flatnonzero(table).tolist():
-            child = int(table[i])
+        nz = np.flatnonzero(table)
+        idx: list[int] = nz.tolist()
+        vals: list[int] = table[nz].tolist()
+        ends: list[int] = []
+        if level == 1 and full_leaves is not None and idx:
+            # stretches of entries i, i+1, .. pointing at pages pa, pa + 4096, ..
+            v = table[nz]
+            brk = np.flatnonzero((np.diff(nz) != 1) | (v[1:] - v[:-1] != PAGE_SIZE)) + 1
+            bounds = [0, *brk.tolist(), len(idx)]
+            ends = [e for a, e in itertools.pairwise(bounds) for _ in range(a, e)]
+        j = 0
+        while j < len(idx):
+            i, child = idx[j], vals[j]
+            if ends:
+                k = full_stretch(child, ends[j] - j, start | (i << shift))
+                if k:
+                    j += k
+                    continue
             check_node_ptr(child, mem_size, f"level{level}.table[{i}]")
             walk(child, level - 1, start | (i << shift))
+            j += 1
+
+    def full_stretch(child: int, m: int, first: int) -> int:
+        """Walk the full leaves among ``m`` leaves at consecutive pages from
+        ``child`` with consecutive keys from ``first``, from the first, at once;
+        how many (0: walk the first one by one)."""
+        nonlocal seen
+        last_end = first + (m << KHO_BITMAP_SIZE_LOG2)
+        if (first <= 0 or last_end > _SAFE_KEY
+                or first.bit_length() != (last_end - 1).bit_length()  # one order
+                or child % PAGE_SIZE or child + m * PAGE_SIZE > mem_size):
+            return 0
+        assert full_leaves is not None
+        k = min(full_leaves(child, m), max_nodes - seen)
+        if k <= 0:
+            return 0
+        seen += k
+        out.nodes.extend(range(child, child + k * PAGE_SIZE, PAGE_SIZE))
+        o = KHO_ORDER_0_LOG2 + 1 - first.bit_length()
+        p = (first & ~(1 << (KHO_ORDER_0_LOG2 - o))) << (PAGE_SHIFT + o)
+        n = k << KHO_BITMAP_SIZE_LOG2
+        if full and full[1] == o and full[0] + (full[2] << (PAGE_SHIFT + o)) == p:
+            full[2] += n
+        else:
+            flush_full()
+            full.extend((p, o, n))
+        return k
 
     try:
         check_node_ptr(root_pa, mem_size, KHO_FDT_MEMORY_MAP_PROP_NAME)

@@ -152,7 +152,8 @@ class Machine:
                 keep.append((kd.scratch_addr, max(kd.scratch_size, 1)))
                 root = decode_root_fdt(self.memory.read(kd.fdt_addr, kd.fdt_size))
                 walk = walk_radix_arrays(lambda pa: self.memory.read(pa, PAGE_SIZE),
-                                         root.mem_map_pa, self.memory.size)
+                                         root.mem_map_pa, self.memory.size,
+                                         full_leaves=self.memory.ones_pages)
                 # runs of blocks: keep the blocks that lie inside RAM
                 mem = self.memory.size
                 size = [PAGE_SIZE << o for o in walk.order.tolist()]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,52 @@ class Records:
             buf[:, f.offset:f.offset + f.count * f.width] = raw
         flat = buf.reshape(-1)[off - r0 * self.size:end - r0 * self.size].tobytes()
         return flat + bytes(n - len(flat))
+
+
+    def u64_words(self, off: int, n: int) -> list[tuple[int, int, int, int]] | None:
+        """Bytes ``[off, off + n)`` of the stream read as little-endian u64 words,
+        as arithmetic runs ``(first word, words, value of the first, step)`` in
+        word order; words no run covers are zero.  None when the range or a
+        field does not fall on whole records and words, a field wraps, or
+        fields overlap (read the bytes instead)."""
+        if self.size % 8 or off % self.size or n % self.size:
+            return None
+        if any(f.width != 8 or f.offset % 8 for f in self.fields):
+            return None
+        out: list[tuple[int, int, int, int]] = []
+        r0 = off // self.size
+        for r in range(r0, min(self.nrec, (off + n) // self.size)):
+            base_word = (r - r0) * self.size // 8
+            row: list[tuple[int, int, int, int]] = []
+            for f in self.fields:
+                first = f.base + r * f.step
+                if first + (f.count - 1) * f.elem_step > _U64:
+                    return None
+                row.append((base_word + f.offset // 8, f.count, first, f.elem_step))
+            row.sort()
+            for a, b in itertools.pairwise(row):
+                if a[0] + a[1] > b[0]:
+                    return None
+            out += row
+        return out
+
+
+_ONES_FIELDS = (Field(0, 8, _U64),)
+
+
+def ones_records(npages: int) -> Records:
+    """``npages`` pages of all-ones bytes (full KHO radix leaves) as generated pages."""
+    return Records(8, npages * (PAGE_SIZE // 8), _ONES_FIELDS)
+
+
+def _ones(rec: Records) -> bool:
+    """Whether every record of ``rec`` is all-ones bytes."""
+    return rec.size == 8 and (rec.fields is _ONES_FIELDS or rec.fields == _ONES_FIELDS)
+
+
+def is_ones(piece: GenPiece) -> bool:
+    """Whether a generated piece is all-ones bytes (see :func:`ones_records`)."""
+    return _ones(piece.records) and piece.off + piece.length <= piece.records.nbytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +490,72 @@ class PhysicalMemory:
                         parts.append(rec.materialise(lo - s_i, hi - lo))
                 self.write_pages(pa + q * PAGE_SIZE, b"".join(parts).ljust(PAGE_SIZE, b"\0"))
             pos = p1
+
+    def gen_page(self, pa: int) -> GenPiece | None:
+        """The page at ``pa`` as one :class:`GenPiece` when it is a generated
+        page nobody wrote into since; None otherwise (read its bytes)."""
+        pfn = pa >> PAGE_SHIFT
+        if pa % PAGE_SIZE or pfn in self._pages:
+            return None
+        hit = self._run_at(pfn)
+        if hit is None:
+            return None
+        r = hit[0]
+        gen = r.gen
+        if gen is None:
+            return None
+        return GenPiece(pa, PAGE_SIZE, gen, r.gen_off + ((pfn - r.start) << PAGE_SHIFT))
+
+    def gen_run(self, pa: int) -> GenPiece | None:
+        """The generated pages from ``pa`` that follow on in one stream, nobody
+        having written into them, as one :class:`GenPiece` (at least the page
+        at ``pa``); None when that page is not such a page."""
+        pfn = pa >> PAGE_SHIFT
+        if pa % PAGE_SIZE or pfn in self._pages:
+            return None
+        hit = self._run_at(pfn)
+        if hit is None:
+            return None
+        r = hit[0]
+        gen = r.gen
+        if gen is None:
+            return None
+        stop = r.end
+        written = self._pages.in_range(pfn, stop)
+        if written:
+            stop = written[0]
+        return GenPiece(pa, (stop - pfn) << PAGE_SHIFT, gen,
+                        r.gen_off + ((pfn - r.start) << PAGE_SHIFT))
+
+    def is_ones_page(self, pa: int) -> bool:
+        """Whether the page at ``pa`` is generated all-ones bytes (a full KHO
+        radix leaf written by :func:`ones_records`), known without reading it."""
+        return self.ones_pages(pa, 1) == 1
+
+    def ones_pages(self, pa: int, n: int) -> int:
+        """How many of the ``n`` pages from ``pa``, from the first, are generated
+        all-ones pages nobody wrote into (:meth:`is_ones_page`): O(runs)."""
+        if pa % PAGE_SIZE or pa < 0:
+            return 0
+        pfn = pa >> PAGE_SHIFT
+        end = pfn + n
+        p = pfn
+        while p < end:
+            hit = self._run_at(p)
+            if hit is None:
+                break
+            r = hit[0]
+            gen = r.gen
+            if gen is None or not _ones(gen):
+                break
+            stop = min(end, r.end, r.start + ((gen.nbytes - r.gen_off) >> PAGE_SHIFT))
+            written = self._pages.in_range(p, stop)
+            if written:
+                stop = written[0]
+            if stop <= p:
+                break
+            p = stop
+        return p - pfn
 
     def view(self, pa: int, length: int) -> list[Piece]:
         """``[pa, pa + length)`` as pieces in address order: whole generated pages

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -55,7 +56,16 @@ from luosim.abi.kho_radix import walk_radix_arrays
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.faults.mutator import corrupt_kho_root, corrupt_radix_root
-from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, BytePiece, GenPiece, Piece, Records
+from luosim.hw.memory import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    BytePiece,
+    Field,
+    GenPiece,
+    Piece,
+    Records,
+    ones_records,
+)
 from luosim.kernel.mm.page_alloc import order_for
 
 if TYPE_CHECKING:
@@ -100,6 +110,49 @@ def contiguous_runs(pfns: np.ndarray) -> list[tuple[int, int]]:
     firsts = np.concatenate(([0], brk))
     lasts = np.concatenate((brk, [pfns.size]))
     return [(int(pfns[a]), int(b - a)) for a, b in zip(firsts.tolist(), lasts.tolist())]
+
+
+AddrRun = tuple[int, int, int]  # (first address, entries, step): first + k * step, k < entries
+
+
+def address_runs(addrs: np.ndarray) -> list[AddrRun]:
+    """``addrs`` (u64) as runs of addresses one page apart (no wrap-around)."""
+    if not addrs.size:
+        return []
+    a = addrs.astype(np.uint64)
+    step = (a[1:] - a[:-1] == np.uint64(PAGE_SIZE)) & (a[1:] > a[:-1])
+    brk = np.flatnonzero(~step) + 1
+    firsts = [0, *brk.tolist()]
+    lasts = [*brk.tolist(), int(a.size)]
+    return [(int(a[f]), e - f, PAGE_SIZE) for f, e in zip(firsts, lasts)]
+
+
+def runs_array(runs: Sequence[AddrRun]) -> np.ndarray:
+    """Every address of ``runs``, in order (u64)."""
+    if not runs:
+        return np.zeros(0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return np.concatenate([np.uint64(first) + np.arange(n, dtype=np.uint64) * np.uint64(step)
+                               for first, n, step in runs])
+
+
+def page_spans(runs: Sequence[AddrRun]) -> list[tuple[int, int]] | None:
+    """(first pfn, pages) of the runs of consecutive pages that ``runs`` list, in
+    order, as :func:`contiguous_runs` of their pfns gives them; None unless every
+    entry is a page address and no page is listed twice."""
+    spans: list[list[int]] = []
+    for first, n, step in runs:
+        if first % PAGE_SIZE or (n > 1 and step != PAGE_SIZE):
+            return None
+        p = first >> PAGE_SHIFT
+        if spans and spans[-1][0] + spans[-1][1] == p:
+            spans[-1][1] += n
+        else:
+            spans.append([p, n])
+    srt = sorted(spans)
+    if any(a[0] + a[1] > b[0] for a, b in itertools.pairwise(srt)):
+        return None
+    return [(p, n) for p, n in spans]
 
 
 class PreservedBlocks:
@@ -477,7 +530,7 @@ class Kho:
             return
         self.scratch = scratch
         walk = walk_radix_arrays(lambda pa: self.mem.read(pa, PAGE_SIZE), root.mem_map_pa,
-                                 self.mem.size)
+                                 self.mem.size, full_leaves=self.mem.ones_pages)
         error = walk.error
         mem = self.mem.size
         for pa, o, n in zip(walk.pa.tolist(), walk.order.tolist(), walk.count.tolist()):
@@ -819,17 +872,54 @@ class Kho:
         k.machine.faults.hit_many(FP_PRESERVE, nr + groups, "vmalloc")
         for pa, n in all_runs:
             self.preserved.add_run(pa >> PAGE_SHIFT, 0, n, owner)
-        pages = np.concatenate([(pa >> PAGE_SHIFT) + np.arange(n, dtype=np.int64)
-                                for pa, n in runs]) << PAGE_SHIFT
         chunks = [pa + i * PAGE_SIZE for pa, n in chunk_runs for i in range(n)]
         per_chunk = PAGE_SIZE // 8 - 1
-        for ci, cpa in enumerate(chunks):
-            body = np.zeros(PAGE_SIZE // 8, dtype="<u8")
-            body[0] = chunks[ci + 1] if ci + 1 < len(chunks) else 0
-            group = pages[ci * per_chunk:(ci + 1) * per_chunk]
-            body[1:1 + group.size] = group
-            self.mem.write_pages(cpa, body.tobytes())
+        entries: list[list[tuple[int, int]]] = [[] for _ in chunks]  # (first page, pages)
+        ci = used = 0
+        for pa, n in runs:
+            while n:
+                take = min(n, per_chunk - used)
+                entries[ci].append((pa, take))
+                pa += take * PAGE_SIZE
+                n -= take
+                used += take
+                if used == per_chunk:
+                    ci, used = ci + 1, 0
+        self._write_vmalloc_chunks(chunks, entries)
         return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
+
+    def _write_vmalloc_chunks(self, chunks: list[int],
+                              entries: list[list[tuple[int, int]]]) -> None:
+        """Write the ``kho_vmalloc_chunk`` pages as generated pages: ``hdr.next``,
+        then the listed page addresses (runs of consecutive pages step by a
+        page), zeros after.  Full chunks that follow on in memory and list
+        pages that follow on are one descriptor; any other chunk one of its own."""
+        per_chunk = PAGE_SIZE // 8 - 1
+
+        def joins(j: int) -> bool:  # chunk j is full, of one run, and the next follows it
+            return (j + 1 < len(chunks) and chunks[j + 1] == chunks[j] + PAGE_SIZE
+                    and len(entries[j]) == 1 and entries[j][0][1] == per_chunk)
+
+        i = 0
+        while i < len(chunks):
+            j = i
+            while joins(j) and (j == i or entries[j][0][0]
+                                == entries[j - 1][0][0] + per_chunk * PAGE_SIZE):
+                j += 1
+            if j > i:  # chunks [i, j): next and the first address step per chunk
+                rec = Records(PAGE_SIZE, j - i, (
+                    Field(0, 8, chunks[i] + PAGE_SIZE, PAGE_SIZE),
+                    Field(8, 8, entries[i][0][0], per_chunk * PAGE_SIZE, per_chunk, PAGE_SIZE)))
+                self.mem.fill_records(chunks[i], j - i, rec)
+                i = j
+                continue
+            fields = [Field(0, 8, chunks[i + 1] if i + 1 < len(chunks) else 0)]
+            w = 1
+            for pa, n in entries[i]:
+                fields.append(Field(8 * w, 8, pa, 0, n, PAGE_SIZE))
+                w += n
+            self.mem.fill_records(chunks[i], 1, Records(PAGE_SIZE, 1, tuple(fields)))
+            i += 1
 
     def preserve_vmalloc(self, data: bytes | Sequence[Records]) -> bytes:
         """``kho_preserve_vmalloc()`` of an area holding ``data`` (order-0 pages):
@@ -873,28 +963,100 @@ class Kho:
             self.mem.write(cpa, body.ljust(PAGE_SIZE, b"\0"))
         return struct.pack("<QIHH", chunks[0], nr, 0x0001, 0)  # flags: KHO_VMALLOC_ALLOC
 
-    def _vmalloc_page_array(self, desc: bytes) -> tuple[np.ndarray, list[int]]:
-        """(data page addresses as a uint64 array, chunk pages) of a ``kho_vmalloc``."""
+    def _vmalloc_chunk(self, cpa: int) -> tuple[int, list[AddrRun]]:
+        """(``hdr.next``, the entries before the zero terminator) of the chunk page
+        at ``cpa``: per descriptor when it is a generated page nobody wrote
+        into, else from its bytes (the same result)."""
+        g = self.mem.gen_page(cpa)
+        words = g.records.u64_words(g.off, PAGE_SIZE) if g is not None else None
+        if words is None:
+            arr = np.frombuffer(self.mem.read(cpa, PAGE_SIZE), dtype="<u8")
+            zero = np.flatnonzero(arr[1:] == 0)
+            used = arr[1:1 + int(zero[0])] if zero.size else arr[1:]
+            return int(arr[0]), address_runs(used)
+        nxt = 0
+        out: list[AddrRun] = []
+        pos = 1  # the next entry's word
+        for w, n, first, step in words:  # by word, not overlapping; words between are zero
+            if w == 0:
+                nxt = first
+                w, n, first = 1, n - 1, first + step
+                if not n:
+                    continue
+            if w > pos or first == 0:  # a zero word: the terminator
+                break
+            out.append((first, n, step))
+            pos = w + n
+        return nxt, out
+
+    def _joined_chunks(self, cpa: int, limit: int) -> tuple[int, list[AddrRun], int] | None:
+        """Chunk pages from ``cpa`` that one descriptor lays out as full chunks
+        each pointing at the next page (as :meth:`_write_vmalloc_chunks` joins
+        them), up to ``limit`` of them: (``hdr.next`` of the last, the entries,
+        how many chunks); None when fewer than two (read them one by one)."""
+        g = self.mem.gen_run(cpa)
+        if g is None or g.off % PAGE_SIZE:
+            return None
+        rec = g.records
+        per = PAGE_SIZE // 8 - 1
+        if rec.size != PAGE_SIZE or len(rec.fields) != 2:
+            return None
+        f0, f1 = rec.fields
+        r = g.off // PAGE_SIZE
+        m = min(g.length // PAGE_SIZE, rec.nrec - r, limit)
+        if (m < 2 or (f0.offset, f0.width, f0.count, f0.step) != (0, 8, 1, PAGE_SIZE)
+                or f0.base + (r - 1) * PAGE_SIZE != cpa  # record k's next: the page after it
+                or (f1.offset, f1.width, f1.count, f1.elem_step) != (8, 8, per, PAGE_SIZE)):
+            return None
+        first = f1.base + r * f1.step
+        if first == 0 or first + (m - 1) * f1.step + (per - 1) * PAGE_SIZE > (1 << 64) - 1:
+            return None  # a zero entry (the terminator) or wrapping: by words
+        if f1.step == per * PAGE_SIZE:  # the chunks list pages that follow on
+            return cpa + m * PAGE_SIZE, [(first, per * m, PAGE_SIZE)], m
+        return (cpa + m * PAGE_SIZE,
+                [(first + k * f1.step, per, PAGE_SIZE) for k in range(m)], m)
+
+    def _vmalloc_page_runs(self, desc: bytes) -> tuple[list[AddrRun], list[int]]:
+        """(data page addresses as runs, chunk pages) of a ``kho_vmalloc``."""
         first, total, _flags, order = struct.unpack("<QIHH", desc)
-        parts: list[np.ndarray] = []
+        runs: list[AddrRun] = []
         listed = 0
         chunks: list[int] = []
         cpa = first
         while cpa:
             if cpa % PAGE_SIZE or cpa + PAGE_SIZE > self.mem.size or len(chunks) > total + 1:
                 raise KernelError(errno.EINVAL, f"kho_vmalloc chunk pointer {cpa:#x} is bad")
-            chunks.append(cpa)
-            words = np.frombuffer(self.mem.read(cpa, PAGE_SIZE), dtype="<u8")
-            zero = np.flatnonzero(words[1:] == 0)
-            used = words[1:1 + int(zero[0])] if zero.size else words[1:]
-            parts.append(used)
-            listed += used.size
-            cpa = int(words[0])
+            joined = self._joined_chunks(cpa, total + 2 - len(chunks))
+            if joined is not None:
+                nxt, entries, m = joined
+                chunks.extend(range(cpa, cpa + m * PAGE_SIZE, PAGE_SIZE))
+                cpa = nxt
+            else:
+                chunks.append(cpa)
+                cpa, entries = self._vmalloc_chunk(cpa)
+            runs += entries
+            listed += sum(n for _first, n, _step in entries)
         if listed << order != total:
             raise KernelError(errno.EINVAL, f"kho_vmalloc lists {listed} pages, "
                               f"header says {total}")
-        pages = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-        return pages.astype(np.uint64), chunks
+        return runs, chunks
+
+    def _vmalloc_page_array(self, desc: bytes) -> tuple[np.ndarray, list[int]]:
+        """(data page addresses as a uint64 array, chunk pages) of a ``kho_vmalloc``."""
+        runs, chunks = self._vmalloc_page_runs(desc)
+        return runs_array(runs), chunks
+
+    def vmalloc_spans(self, desc: bytes) -> list[tuple[int, int]]:
+        """:func:`contiguous_runs` of the data pages' pfns of a ``kho_vmalloc``
+        (empty when it cannot be read)."""
+        try:
+            runs, _chunks = self._vmalloc_page_runs(desc)
+        except KernelError:
+            return []
+        spans = page_spans(runs)
+        if spans is None:
+            spans = contiguous_runs((runs_array(runs) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+        return spans
 
     def _vmalloc_pages(self, desc: bytes) -> tuple[list[int], list[int]]:
         pages, chunks = self._vmalloc_page_array(desc)
@@ -918,13 +1080,25 @@ class Kho:
         area order (:meth:`PhysicalMemory.view` of each physical run of its
         pages), None on failure.  Generated pages stay descriptors."""
         try:
-            pages_arr, chunks = self._vmalloc_page_array(desc)
+            addr_runs, chunks = self._vmalloc_page_runs(desc)
         except KernelError as exc:
             self.kernel.printk("err", "kho", f"kho_restore_vmalloc: {exc}")
             return None
+        faults = self.kernel.machine.faults
+        total = sum(n for _first, n, _step in addr_runs)
+        spans = page_spans(addr_runs)
+        if (spans is not None and not faults.pending(FP_RESTORE, total)
+                and all(self.in_magic.live_prefix(p, 0, n) == n for p, n in spans)):
+            # distinct pages, every one with an order-0 magic: claimed by runs
+            faults.hit_many(FP_RESTORE, total, "vmalloc")
+            for first, n in spans:
+                self.in_magic.claim_blocks(first, 0, n)
+                self.kernel.mm.adopt_run(first << PAGE_SHIFT, 0, n)
+            return self._vmalloc_view([], spans, chunks)
+        pages_arr = runs_array(addr_runs)
         pfns = (pages_arr >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         runs = contiguous_runs(pfns)
-        if (not self.kernel.machine.faults.pending(FP_RESTORE, len(pfns))
+        if (not faults.pending(FP_RESTORE, len(pfns))
                 and bool((self.in_magic.lookup(pfns) == 0).all())):
             # every page carries an order-0 magic: claim them all at once
             self.kernel.machine.faults.hit_many(FP_RESTORE, len(pfns), "vmalloc")
@@ -940,6 +1114,12 @@ class Kho:
             out.append(BytePiece(0, b"".join(self.mem.read(int(pa), PAGE_SIZE)
                                              for pa in pages_arr.tolist())))
             runs = []
+        return self._vmalloc_view(out, runs, chunks)
+
+    def _vmalloc_view(self, out: list[Piece], runs: list[tuple[int, int]], chunks: list[int]
+                      ) -> list[Piece] | None:
+        """The restored area's pieces (``out``, then the views of the page ``runs``),
+        after restoring and freeing the chunk pages."""
         for first, n in runs:
             for piece in self.mem.view(first << PAGE_SHIFT, n * PAGE_SIZE):
                 last = out[-1] if out else None
@@ -952,6 +1132,17 @@ class Kho:
                     out[-1] = BytePiece(last.pa, last.data + piece.data)
                 else:
                     out.append(piece)
+        # the chunk pages: kho_restore_pages() and freed, one by one or by runs
+        cspans = page_spans([(cpa, 1, 0) for cpa in chunks])
+        faults = self.kernel.machine.faults
+        if (cspans is not None and not faults.pending(FP_RESTORE, len(chunks))
+                and all(self.in_magic.live_prefix(p, 0, n) == n for p, n in cspans)):
+            faults.hit_many(FP_RESTORE, len(chunks), "vmalloc chunks")
+            for p, n in cspans:
+                self.in_magic.claim_blocks(p, 0, n)
+                self.kernel.mm.adopt_run(p << PAGE_SHIFT, 0, n)
+                self.kernel.mm.free_run(p << PAGE_SHIFT, 0, n)
+            return out
         for cpa in chunks:
             if not self.restore_pages(cpa, 1):
                 return None
@@ -1001,6 +1192,9 @@ class Kho:
         # leaf bits are slices - the cost is per run and node, not per block.
         first_use: dict[tuple[int, int], tuple[int, int]] = {}  # node -> first (pfn, order)
         leaves: dict[int, list[tuple[int, int]]] = {}  # leaf prefix -> set bit ranges
+        # leaves [a, b) one run covers whole (all ones), under one level-1 node:
+        # (a, b, first block's pfn, order) - guest RAM is mostly such leaves
+        full_ranges: list[tuple[int, int, int, int]] = []
         merged: list[list[int]] = []  # runs that follow on joined (per-folio preserves)
         for start, o, n in self.preserved.runs():
             last = merged[-1] if merged else None
@@ -1013,7 +1207,17 @@ class Kho:
             k1 = k0 + n  # exclusive
             for level in range(top):
                 shift = level * 9 + KHO_BITMAP_SIZE_LOG2
-                for prefix in range(k0 >> shift, ((k1 - 1) >> shift) + 1):
+                prefixes: Sequence[int] = range(k0 >> shift, ((k1 - 1) >> shift) + 1)
+                if level == 0:
+                    a, b = -(-k0 >> shift), k1 >> shift  # the leaves this run fills
+                    q = a
+                    while q < b:
+                        e = min(b, (q | 511) + 1)
+                        full_ranges.append((q, e, start + (((q << shift) - k0) << o), o))
+                        q = e
+                    prefixes = sorted({p for p in (prefixes[0], prefixes[-1])
+                                       if not a <= p < b})
+                for prefix in prefixes:
                     lo = max(k0, prefix << shift)
                     first = (start + ((lo - k0) << o), o)
                     key = (level, prefix)
@@ -1023,10 +1227,29 @@ class Kho:
                         hi = min(k1, (prefix + 1) << shift)
                         leaves.setdefault(prefix, []).append(
                             (lo - (prefix << shift), hi - (prefix << shift)))
-        events = sorted((i, -level, prefix) for (level, prefix), i in first_use.items())
-        nodes: dict[tuple[int, int], int] = {(top, 0): k.mm.alloc_pages(0)}
-        for _first, neg_level, prefix in events:
-            nodes[(-neg_level, prefix)] = k.mm.alloc_pages(0)
+        # allocation order: by first block, then top down.  A range of full
+        # leaves is one event: no other node's first block falls inside it
+        # (its blocks are its run's alone, and it stops at level-1 boundaries,
+        # where the nodes above it come first)
+        events = sorted([(i, -level, prefix, 1) for (level, prefix), i in first_use.items()]
+                        + [((pfn, o), 0, a, b - a) for a, b, pfn, o in full_ranges])
+        total = 1 + sum(ev[3] for ev in events)
+        # the nodes in allocation order, as that many alloc_pages(0) hand them out
+        try:
+            node_runs = k.mm.alloc_pages_bulk(0, total)
+        except KernelError:  # out of memory: fail where the one-by-one allocation fails
+            node_runs = [(k.mm.alloc_pages(0), 1) for _ in range(total)]
+        node_arr = np.concatenate([pa + (np.arange(n, dtype=np.int64) << PAGE_SHIFT)
+                                   for pa, n in node_runs])
+        nodes: dict[tuple[int, int], int] = {(top, 0): int(node_arr[0])}
+        range_at: list[tuple[int, int, int]] = []  # (first leaf, leaves, index in node_arr)
+        idx = 1
+        for _first, neg_level, prefix, count in events:
+            if -neg_level == 0 and prefix not in leaves:
+                range_at.append((prefix, count, idx))
+            else:
+                nodes[(-neg_level, prefix)] = int(node_arr[idx])
+            idx += count
         root = nodes[(top, 0)]
         tables: dict[int, np.ndarray] = {}
         for (level, _prefix), pa in nodes.items():
@@ -1036,18 +1259,23 @@ class Kho:
             if level < top:
                 parent = nodes[(level + 1, prefix >> 9)]
                 tables[parent][prefix & 511] = pa
+        for a, count, i in range_at:
+            tables[nodes[(1, a >> 9)]][a & 511:(a & 511) + count] = node_arr[i:i + count]
         for pa, table in tables.items():
             self.mem.write_pages(pa, table.tobytes())
         nbits = 1 << KHO_BITMAP_SIZE_LOG2
-        full = b"\xff" * (nbits >> 3)
         for leaf, ranges in leaves.items():
-            if ranges == [(0, nbits)]:  # a leaf of one run covering it: all ones
-                self.mem.write_pages(nodes[(0, leaf)], full)
-                continue
             bitmap = np.zeros(nbits, dtype=np.uint8)
             for lo, hi in ranges:
                 bitmap[lo:hi] = 1
             self.mem.write_pages(nodes[(0, leaf)], np.packbits(bitmap, bitorder="little").tobytes())
+        # full leaves: generated all-ones pages, one descriptor per physical run
+        if range_at:
+            full = np.sort(np.concatenate([node_arr[i:i + count] for _a, count, i in range_at]))
+            brk = np.flatnonzero(np.diff(full) != PAGE_SIZE) + 1
+            bounds = [0, *brk.tolist(), int(full.size)]
+            for f, e in itertools.pairwise(bounds):
+                self.mem.fill_records(int(full[f]), e - f, ones_records(e - f))
         return root
 
     def _blob_size(self, name: str, pa: int) -> int:

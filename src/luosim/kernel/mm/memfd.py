@@ -53,7 +53,6 @@ from luosim.abi.memfd import (
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, derive_seed
-from luosim.kernel.kho import contiguous_runs
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.vfs import File, check_alive
 
@@ -499,16 +498,12 @@ class MemfdLuoHandler(FileHandler):
         if not ser.nr_folios:
             return _Recs.empty()
         k = self.kernel
-        try:
-            data_pages, _chunks = k.kho._vmalloc_page_array(ser.folios.encode())
-        except KernelError:
-            data_pages = np.zeros(0, dtype=np.uint64)
+        spans = k.kho.vmalloc_spans(ser.folios.encode())
         view = k.kho.restore_vmalloc_view(ser.folios.encode())
         if view is None:
             raise KernelError(errno.EINVAL, "cannot restore the memfd folio array")
         # vfree() of the restored area, by runs of pages
-        pfns = (data_pages >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        for first, n in contiguous_runs(pfns):
+        for first, n in spans:
             for a, b in k.mm.allocated.order0_spans(first, n):
                 k.mm.free_run(a << PAGE_SHIFT, 0, b - a)
         try:
