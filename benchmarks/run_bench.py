@@ -123,6 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         cpu_s, wall, rss = run_child(EXAMPLES / "hyperscale-host.yaml")
         print(f"hyperscale host (4 TiB, 256 VMs, 64 endpoints): {wall:.2f} s "
               f"(CPU {cpu_s:.2f} s), peak RSS {rss:.0f} MiB (fresh process)")
+        import resource
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).parent / "luosim"), "run",
+                            str(EXAMPLES / "hyperscale-host.yaml"), "--json"], env=env,
+                           check=True, capture_output=True)
+            best = min(best, time.perf_counter() - t0)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"hyperscale host from the CLI (luosim run --json, interpreter start, imports, "
+              f"YAML, run and JSON output): best {best:.2f} s (3 runs), peak RSS of any "
+              f"child so far {peak:.0f} MiB")
     return 0
 
 
