@@ -283,8 +283,17 @@ class DmaEngine:
             return 0
         seq0 = self.issued
         self.issued += due
+        self._issue(ctl, route if route is not None else self.route(), seq0, due, t0, t1)
+        return due
+
+    def _issue(self, ctl: DmaController, route: tuple[tuple[int, int] | None, bool],
+               seq0: int, due: int, t0: int, t1: int,
+               landed_at: Callable[[int], int] | None = None) -> None:
+        """Writes ``seq0 .. seq0+due-1`` of a step, or (``landed_at`` given) of
+        several steps computed at once by DmaController._run_coalesced, which
+        has checked that no write lands on a walked table."""
         batch = _Batch()
-        routed, enabled = route if route is not None else self.route()
+        routed, enabled = route
         seg, rid = routed if routed is not None else (self.func.segment, None)
         lo, hi = self._span(seq0, due)
         if not enabled:
@@ -293,11 +302,12 @@ class DmaEngine:
             batch.add((OUTCOME_UNROUTABLE, seg, None), self.iova_of(seq0), None, due, lo, hi)
         else:
             assert rid is not None
-            if not self._bulk(ctl, seg, rid, seq0, due, t1, batch):
+            if not self._bulk(ctl, seg, rid, seq0, due, t1, batch, landed_at):
+                if landed_at is not None:
+                    raise AssertionError("coalesced DMA hit a table page")  # checked before
                 batch = _Batch()
                 self._exact(ctl, seg, rid, seq0, due, t1, batch)
         self._commit(ctl, batch, t0, t1)
-        return due
 
     def _translated_pfns(self, seg: int, rid: int, seq0: int, due: int,
                          tables: set[int]) -> list[int] | None:
@@ -312,25 +322,6 @@ class DmaEngine:
             tables.update(res.tables)
             pfns.append(res.pa >> 12)
         return pfns
-
-    def _tick_bulk(self, route: tuple[tuple[int, int] | None, bool], seq0: int, due: int,
-                   t0: int, t1: int, landed_at: Callable[[int], int]) -> None:
-        """The writes of several steps at once (see DmaController._run_coalesced)."""
-        ctl = self.controller
-        assert ctl is not None
-        batch = _Batch()
-        routed, enabled = route
-        seg, rid = routed if routed is not None else (self.func.segment, None)
-        lo, hi = self._span(seq0, due)
-        if not enabled:
-            batch.add((OUTCOME_BLOCKED_BME, seg, rid), self.iova_of(seq0), None, due, lo, hi)
-        elif routed is None:
-            batch.add((OUTCOME_UNROUTABLE, seg, None), self.iova_of(seq0), None, due, lo, hi)
-        else:
-            assert rid is not None
-            if not self._bulk(ctl, seg, rid, seq0, due, t1, batch, landed_at):
-                raise AssertionError("coalesced DMA hit a table page")  # checked before
-        self._commit(ctl, batch, t0, t1)
 
     def _span(self, seq0: int, n: int) -> tuple[int, int]:
         if n >= self.slots:
@@ -614,7 +605,7 @@ class DmaController:
 
             e.issued += due
             total += due
-            e._tick_bulk(route, seq0, due, t0, t1, landed_at)
+            e._issue(self, route, seq0, due, t0, t1, landed_at)
         clock.advance(t_start + duration_ns - clock.now_ns)
         return total
 
