@@ -494,17 +494,8 @@ class PhysicalMemory:
     def gen_page(self, pa: int) -> GenPiece | None:
         """The page at ``pa`` as one :class:`GenPiece` when it is a generated
         page nobody wrote into since; None otherwise (read its bytes)."""
-        pfn = pa >> PAGE_SHIFT
-        if pa % PAGE_SIZE or pfn in self._pages:
-            return None
-        hit = self._run_at(pfn)
-        if hit is None:
-            return None
-        r = hit[0]
-        gen = r.gen
-        if gen is None:
-            return None
-        return GenPiece(pa, PAGE_SIZE, gen, r.gen_off + ((pfn - r.start) << PAGE_SHIFT))
+        run = self.gen_run(pa)
+        return None if run is None else GenPiece(pa, PAGE_SIZE, run.records, run.off)
 
     def gen_run(self, pa: int) -> GenPiece | None:
         """The generated pages from ``pa`` that follow on in one stream, nobody
