@@ -66,9 +66,7 @@ from luosim.abi.hugetlb import (
 )
 from luosim.abi.kho import KHO_ORDER_0_LOG2
 from luosim.abi.memfd import (
-    F_SEAL_FUTURE_WRITE,
     F_SEAL_SEAL,
-    F_SEAL_WRITE,
     KhoVmalloc,
     decode_folio_pieces,
     folio_records,
@@ -532,50 +530,26 @@ class HugetlbMemfdFile(MemfdFile):
             self.size = max(self.size, offset + length)
 
     # ------------------------------------------------------------------ content
-    def _check_store(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0:
-            raise KernelError(errno.EINVAL, "negative offset or length")
-        if length and self.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
-            raise KernelError(errno.EPERM, f"{self.name} is sealed against writes")
+    def _alloc(self, page: int, seed: int = ZERO_SEED) -> tuple[int, int, int]:
+        """A store faults the huge page holding ``page`` in from the pool (the
+        base class's ``write`` calls it for a hole; pool pages hold what they
+        hold, so ``seed`` is never given here)."""
+        o = self.hstate.order
+        return (page >> o) << o, self._page(page >> o), o
+
+    def _check_write(self, offset: int, length: int) -> None:
+        """As the base class, but a store cannot grow the file."""
+        self._check_store(offset, length)
         if offset + length > self.size:
             raise KernelError(errno.EFAULT, f"{self.name}: store beyond i_size "
                               f"{self.size:#x} (SIGBUS)")
-
-    def write(self, offset: int, data: bytes) -> int:
-        """Stores through a shared mapping; faults pages in."""
-        self.check_open()
-        self._check_store(offset, len(data))
-        pos = 0
-        while pos < len(data):
-            at = offset + pos
-            hidx, off = divmod(at, self.hsize)
-            n = min(len(data) - pos, self.hsize - off)
-            self.mem.write(self._page(hidx) + off, bytes(data[pos:pos + n]))
-            pos += n
-        return len(data)
-
-    def read(self, offset: int, n: int) -> bytes:
-        """``pread()`` (hugetlbfs_read_iter): up to the size; holes read as zeros."""
-        self.check_open()
-        if offset < 0 or n < 0:
-            raise KernelError(errno.EINVAL, "negative offset or length")
-        end = min(self.size, offset + n)
-        out = bytearray()
-        at = offset
-        while at < end:
-            hidx, off = divmod(at, self.hsize)
-            nxt = min(end, (hidx + 1) * self.hsize)
-            hit = self._find(hidx << self.hstate.order)
-            out += self.mem.read(hit[1] + off, nxt - at) if hit is not None else bytes(nxt - at)
-            at = nxt
-        return bytes(out)
 
     def fill(self, offset: int, length: int, seed: int) -> None:
         """Synthetic content in whole huge pages (same seeds as :meth:`MemfdFile.fill`)."""
         self.check_open()
         if offset % self.hsize or length % self.hsize:
             raise KernelError(errno.EINVAL, f"fill range not aligned to {self.hsize:#x}")
-        self._check_store(offset, length)
+        self._check_write(offset, length)
         seed &= _MASK64
         o = self.hstate.order
         first, end = offset // self.hsize, (offset + length) // self.hsize

@@ -291,11 +291,15 @@ class MemfdFile(File):
             raise KernelError(errno.EPERM, f"{self.name} is sealed")
         self.seals |= seals
 
-    def _check_write(self, offset: int, length: int) -> None:
+    def _check_store(self, offset: int, length: int) -> None:
+        """What any store checks: the range, and the write seals."""
         if offset < 0 or length < 0:
             raise KernelError(errno.EINVAL, "negative offset or length")
         if length and self.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
             raise KernelError(errno.EPERM, f"{self.name} is sealed against writes")
+
+    def _check_write(self, offset: int, length: int) -> None:
+        self._check_store(offset, length)
         if offset + length > self.size:
             self._check_resize(offset + length)
 
@@ -326,8 +330,9 @@ class MemfdFile(File):
         while at < end:
             page = at // PAGE_SIZE
             hit = self._find(page)
-            if hit is None:
-                nxt = min(end, (page + 1) * PAGE_SIZE)
+            if hit is None:  # a hole: folios are naturally aligned, of the file's order
+                nxt = min(end, (((page >> self.folio_order) + 1) << self.folio_order)
+                          * PAGE_SIZE)
                 out += bytes(nxt - at)
                 at = nxt
                 continue
