@@ -3,12 +3,15 @@ pages, content, records and hand-over as one page at a time."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from luosim.abi.hugetlb import MFD_HUGE_1GB, MFD_HUGE_2MB, MFD_HUGETLB, HugemfdFolioSer
+from luosim.errors import KernelError
 from luosim.hw.memory import PAGE_SHIFT
 from luosim.kernel.mm.hugetlb import HugetlbMemfdFile
 from tests.luo.luo_testlib import boot
@@ -88,3 +91,18 @@ def test_terabyte_of_gigantic_pages_hands_over_the_same_folios() -> None:
     assert isinstance(f2, HugetlbMemfdFile)
     assert f2.folios() == pages and f2.fingerprint() == fp
     assert f2.read(3 << 30, 5) == b"guest"
+
+
+def test_stores_fault_pages_in_but_never_grow_the_file() -> None:
+    """hugetlbfs has no write(): a store through the mapping beyond i_size is
+    SIGBUS (EFAULT here) and the size stays; a store into a hole faults one
+    huge page in from the pool; reads of holes are zeros (hugetlbfs_read_iter)."""
+    k = boot("v9", cmdline="hugepagesz=2M hugepages=4", memory="4GiB")
+    f = k.memfd_create("ram", size=3 * M2, flags=H2M)
+    with pytest.raises(KernelError) as exc:
+        f.write(3 * M2 - 4, b"12345678")
+    assert exc.value.errno == errno.EFAULT and f.size == 3 * M2 and f.nr_folios == 0
+    assert f.write(M2 + 5, b"abc") == 3
+    assert f.nr_folios == 1 and k.hugetlb.hstates[9].free_huge_pages == 3
+    assert f.read(M2 - 2, 10) == b"\0" * 7 + b"abc"
+    assert f.read(0, 3 * M2) == b"\0" * (M2 + 5) + b"abc" + b"\0" * (2 * M2 - 8)
