@@ -28,6 +28,7 @@ from luosim.hw.memory import (
 )
 from luosim.kernel.kho import PreservedBlocks
 from luosim.kernel.mm.page_alloc import PageAllocator
+from tests.extents.radix_fixtures import LEAF_KEYS, full_leaf_tree, page_reader
 
 MiB = 1 << 20
 
@@ -285,16 +286,8 @@ def test_np_is_used_for_the_bulk_paths() -> None:
 def test_full_radix_leaves_are_one_run_and_match_the_generator() -> None:
     """Runs that fill whole leaves (guest RAM): the writer emits all-ones leaves,
     the bulk walker joins them into one run, and the blocks are the generator's."""
-    m = Machine.from_topology({"memory": "256GiB"})
-    k = m.boot("v7")
-    leaf = 1 << 15  # keys per leaf
-    k.kho.preserved.add_run(1 << 21, 0, 3 * leaf, "t")  # three full order-0 leaves
-    k.kho.preserved.add_run(1 << 24, 9, leaf + 5, "t")  # a full order-9 leaf and a bit
-    k.kho.preserved.add((7, 0), "t")
-    root = k.kho._write_radix_tree()
-
-    def read(pa: int) -> bytes:
-        return m.memory.read(pa, PAGE_SIZE)
+    m, root = full_leaf_tree()
+    read = page_reader(m.memory)
 
     nodes: list[int] = []
     want = list(walk_radix_tree(read, root, m.memory.size, on_node=nodes.append))
@@ -302,7 +295,8 @@ def test_full_radix_leaves_are_one_run_and_match_the_generator() -> None:
     assert got.error is None and got.nodes == nodes
     assert got.blocks() == want
     runs = list(zip(got.pa.tolist(), got.order.tolist(), got.count.tolist()))
-    assert (1 << 33, 0, 3 * leaf) in runs  # three leaves, one run
-    assert (1 << 36, 9, leaf) in runs and (((1 << 24) + (leaf << 9)) << 12, 9, 5) in runs
+    assert (1 << 33, 0, 3 * LEAF_KEYS) in runs  # three leaves, one run
+    assert (1 << 36, 9, LEAF_KEYS) in runs
+    assert (((1 << 24) + (LEAF_KEYS << 9)) << 12, 9, 5) in runs
     full = [n for n in nodes if m.memory.read(n, PAGE_SIZE) == b"\xff" * PAGE_SIZE]
     assert len(full) == 4

@@ -28,6 +28,7 @@ from luosim.errors import KernelError
 from luosim.hw.machine import Machine
 from luosim.hw.memory import PAGE_SIZE, Field, PhysicalMemory, Records, is_ones, ones_records
 from luosim.kernel.kho import address_runs, page_spans, runs_array
+from tests.extents.radix_fixtures import full_leaf_tree, page_reader
 
 U64 = (1 << 64) - 1
 
@@ -226,16 +227,8 @@ def test_generated_folio_array_chunks_restore_after_kexec() -> None:
 
 
 def test_full_leaves_are_generated_and_walk_as_their_bytes() -> None:
-    m = Machine.from_topology({"memory": "256GiB"})
-    k = m.boot("v7")
-    leaf = 1 << 15
-    k.kho.preserved.add_run(1 << 21, 0, 3 * leaf, "t")  # three full order-0 leaves
-    k.kho.preserved.add_run(1 << 24, 9, leaf + 5, "t")  # a full order-9 leaf and a bit
-    k.kho.preserved.add((7, 0), "t")
-    root = k.kho._write_radix_tree()
-
-    def read(pa: int) -> bytes:
-        return m.memory.read(pa, PAGE_SIZE)
+    m, root = full_leaf_tree()
+    read = page_reader(m.memory)
 
     nodes: list[int] = []
     want = list(walk_radix_tree(read, root, m.memory.size, on_node=nodes.append))
