@@ -77,7 +77,7 @@ from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, MemoryAccessError
 from luosim.kernel.kho import FP_RESTORE, contiguous_runs
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
-from luosim.kernel.mm.memfd import MemfdFile, _Recs, folio_seed
+from luosim.kernel.mm.memfd import MemfdFile, PreservedFolios, _Recs, folio_seed
 from luosim.kernel.vfs import File, check_alive
 
 if TYPE_CHECKING:
@@ -619,13 +619,6 @@ class HugetlbFlb(Flb):
 
 
 # ---------------------------------------------------------------------- handler
-@dataclass
-class _Preserved:
-    ser_pa: int
-    desc: KhoVmalloc
-    folios: list[tuple[int, int, int, int]]  # runs (index, pa, order, count)
-
-
 class HugemfdLuoHandler(FileHandler):
     """Models the ``huge-memfd-v1`` file handler (``hugemfd_luo_ops``)."""
 
@@ -691,12 +684,12 @@ class HugemfdLuoHandler(FileHandler):
         k.machine.memory.write(ser_pa, HugemfdSer(file.size, file.pos, file.nr_folios, desc,
                                                   h.order).encode())
         args.serialized_data = ser_pa
-        args.private_data = _Preserved(ser_pa, desc, folios)
+        args.private_data = PreservedFolios(ser_pa, desc, folios)
 
     def unpreserve(self, args: FileOpArgs) -> None:
         """hugemfd_unpreserve(): unpreserve array and pages, uncount, unfreeze, free record."""
         file = cast(HugetlbMemfdFile, args.file)
-        priv = cast(_Preserved, args.private_data)
+        priv = cast(PreservedFolios, args.private_data)
         kho = self.kernel.kho
         if priv.folios:
             kho.unpreserve_vmalloc(priv.desc.encode())

@@ -400,8 +400,8 @@ class MemfdFile(File):
 
 
 @dataclass
-class _Preserved:
-    """private_data of a preserved memfd: what unpreserve must undo."""
+class PreservedFolios:
+    """private_data of a preserved memfd or hugetlb memfd: what unpreserve must undo."""
 
     ser_pa: int
     desc: KhoVmalloc
@@ -469,7 +469,7 @@ class MemfdLuoHandler(FileHandler):
         k.machine.memory.write(ser_pa, self._encode(file.pos, file.size, file.seals,
                                                     nr, desc))
         args.serialized_data = ser_pa
-        args.private_data = _Preserved(ser_pa, desc, folios)
+        args.private_data = PreservedFolios(ser_pa, desc, folios)
 
     def freeze(self, args: FileOpArgs) -> None:
         """Models memfd_luo_freeze(): refresh ``pos`` only."""
@@ -479,7 +479,7 @@ class MemfdLuoHandler(FileHandler):
     def unpreserve(self, args: FileOpArgs) -> None:
         """Models memfd_luo_unpreserve(): unfreeze, unpreserve array and folios, free record."""
         file = cast(MemfdFile, args.file)
-        priv = cast(_Preserved, args.private_data)
+        priv = cast(PreservedFolios, args.private_data)
         kho = self.kernel.kho
         file.frozen = False
         if priv.desc.first:
