@@ -1058,13 +1058,9 @@ class Kho:
             spans = contiguous_runs((runs_array(runs) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
         return spans
 
-    def _vmalloc_pages(self, desc: bytes) -> tuple[list[int], list[int]]:
-        pages, chunks = self._vmalloc_page_array(desc)
-        return [int(p) for p in pages.tolist()], chunks
-
     def unpreserve_vmalloc(self, desc: bytes) -> None:
-        pages, chunks = self._vmalloc_pages(desc)
-        for pa in pages + chunks:
+        pages, chunks = self._vmalloc_page_array(desc)
+        for pa in [int(p) for p in pages.tolist()] + chunks:
             self._del(pa >> PAGE_SHIFT, 0)
             self.kernel.mm.free_pages(pa, 0)
 
@@ -1074,6 +1070,20 @@ class Kho:
         if view is None:
             return None
         return b"".join(p.materialise() if isinstance(p, GenPiece) else p.data for p in view)
+
+    def restore_vmalloc_and_free(self, desc: bytes) -> list[Piece] | None:
+        """``kho_restore_vmalloc()`` of an area read once, then ``vfree()``: its
+        content as :meth:`restore_vmalloc_view` pieces, its pages back to the
+        allocator by runs; None (nothing freed) on failure."""
+        spans = self.vmalloc_spans(desc)  # before the restore frees the chunk pages
+        view = self.restore_vmalloc_view(desc)
+        if view is None:
+            return None
+        mm = self.kernel.mm
+        for first, n in spans:
+            for a, b in mm.allocated.order0_spans(first, n):
+                mm.free_run(a << PAGE_SHIFT, 0, b - a)
+        return view
 
     def restore_vmalloc_view(self, desc: bytes) -> list[Piece] | None:
         """``kho_restore_vmalloc()`` -> the area's content as memory pieces in

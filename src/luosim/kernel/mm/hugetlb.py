@@ -49,8 +49,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-import numpy as np
-
 from luosim.abi.errors import DecodeError
 from luosim.abi.hugetlb import (
     HUGE_MEMFD_COMPATIBLE,
@@ -74,7 +72,7 @@ from luosim.abi.memfd import (
 from luosim.errors import KernelError
 from luosim.faults import point
 from luosim.hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_SEED, MemoryAccessError
-from luosim.kernel.kho import FP_RESTORE, contiguous_runs
+from luosim.kernel.kho import FP_RESTORE
 from luosim.kernel.liveupdate.file import FileHandler, FileOpArgs
 from luosim.kernel.liveupdate.flb import Flb, FlbOpArgs
 from luosim.kernel.mm.memfd import MemfdFile, PreservedFolios, _Recs, folio_seed
@@ -718,18 +716,9 @@ class HugemfdLuoHandler(FileHandler):
 
         The records as segments (:class:`_Recs`): cost per run of folios."""
         k = self.kernel
-        desc = ser.folios.encode()
-        try:
-            data_pages, _chunks = k.kho._vmalloc_page_array(desc)
-        except KernelError:
-            data_pages = np.zeros(0, dtype=np.uint64)
-        view = k.kho.restore_vmalloc_view(desc)
+        view = k.kho.restore_vmalloc_and_free(ser.folios.encode())
         if view is None:
             return None
-        pfns = (data_pages >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        for first, n in contiguous_runs(pfns):
-            for a, b in k.mm.allocated.order0_spans(first, n):
-                k.mm.free_run(a << PAGE_SHIFT, 0, b - a)
         try:
             return _Recs(decode_folio_pieces(view, ser.nr_folios, "hugemfd folio array"))
         except (DecodeError, ValueError):

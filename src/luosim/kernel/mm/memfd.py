@@ -503,14 +503,9 @@ class MemfdLuoHandler(FileHandler):
         if not ser.nr_folios:
             return _Recs.empty()
         k = self.kernel
-        spans = k.kho.vmalloc_spans(ser.folios.encode())
-        view = k.kho.restore_vmalloc_view(ser.folios.encode())
+        view = k.kho.restore_vmalloc_and_free(ser.folios.encode())
         if view is None:
             raise KernelError(errno.EINVAL, "cannot restore the memfd folio array")
-        # vfree() of the restored area, by runs of pages
-        for first, n in spans:
-            for a, b in k.mm.allocated.order0_spans(first, n):
-                k.mm.free_run(a << PAGE_SHIFT, 0, b - a)
         try:
             segs = decode_folio_pieces(view, ser.nr_folios)
         except DecodeError as exc:
